@@ -1,0 +1,76 @@
+"""Canonical coordinate maps (CCM), supplementary section 1.2.
+
+A CCM stores, per pixel, the world coordinates of the visible surface, mapped to [0, 1]
+by ONE scale and offset shared by every view of every object (``ccm = scale * xyz +
+offset``). Because the mapping is global, a surface point has the same CCM value in
+every view that sees it; per-view normalised depth has no such property.
+
+Depth is z-depth; pixels with depth <= 0 are background and get ``background``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cameras import pixel_centers
+
+__all__ = ["CCMNormalization", "depth_to_world", "world_to_ccm", "ccm_to_world", "depth_to_ccm"]
+
+
+@dataclass(frozen=True)
+class CCMNormalization:
+    """The one global affine map world -> [0, 1].
+
+    With objects in the unit box [-0.5, 0.5]^3 the default ``scale = 0.8`` maps them to
+    [0.1, 0.9], so the background value 0 never collides with a surface point.
+    """
+
+    scale: float = 0.8
+    offset: float = 0.5
+    background: float = 0.0
+
+    def __post_init__(self):
+        if self.scale <= 0:
+            raise ValueError(f"CCM scale must be positive, got {self.scale}")
+        if not 0.0 <= self.background <= 1.0:
+            raise ValueError(f"CCM background must lie in [0, 1], got {self.background}")
+
+
+def depth_to_world(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """Back-project z-depth (..., H, W) to world points (..., H, W, 3).
+
+    ``X_cam = K^-1 (u, v, 1)^T d`` at pixel centres, then ``X_world = R X_cam + t``.
+    """
+    h, w = depth.shape[-2:]
+    uv1 = pixel_centers(h, w, depth.dtype).to(depth.device)
+    rays = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K.to(depth)), uv1)
+    cam = rays * depth[..., None]
+    c2w = c2w.to(depth)
+    return torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], cam) + c2w[..., None, None, :3, 3]
+
+
+def world_to_ccm(
+    points: torch.Tensor, mask: torch.Tensor, norm: CCMNormalization = CCMNormalization()
+) -> torch.Tensor:
+    """World points (..., H, W, 3) and a foreground mask (..., H, W) to a CCM (..., 3, H, W)."""
+    ccm = (points * norm.scale + norm.offset).clamp(0.0, 1.0)
+    ccm = torch.where(mask[..., None], ccm, torch.full_like(ccm, norm.background))
+    return ccm.movedim(-1, -3)
+
+
+def ccm_to_world(ccm: torch.Tensor, norm: CCMNormalization = CCMNormalization()) -> torch.Tensor:
+    """Inverse of the normalisation: a CCM (..., 3, H, W) to world points (..., H, W, 3).
+
+    Background pixels come back as the point the background value decodes to; use the
+    mask that produced the CCM to ignore them.
+    """
+    return (ccm.movedim(-3, -1) - norm.offset) / norm.scale
+
+
+def depth_to_ccm(
+    depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, norm: CCMNormalization = CCMNormalization()
+) -> torch.Tensor:
+    """The CCM of a depth map: back-project, normalise globally, fill the background."""
+    return world_to_ccm(depth_to_world(depth, K, c2w), depth > 0, norm)

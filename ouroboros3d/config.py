@@ -1,0 +1,226 @@
+"""Typed, validated parameters: ``params.yaml`` is read here and nowhere else.
+
+``load_params`` deep-merges the block ``presets[preset]`` over the top-level sections,
+builds the dataclasses below and validates every value, so a typo or an out-of-range
+value stops with a message naming the key (``ParamsError``), before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .ccm import CCMNormalization
+
+__all__ = ["ParamsError", "Params", "load_params", "params_from_dict"]
+
+FEEDBACK_MAPS = ("ccm", "rgb")
+SOURCES = ("random_urdfs", "ycb", "libero", "folder")
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ParamsError(f"params: {key}: {msg}")
+
+
+@dataclass(frozen=True)
+class CameraParams:
+    radius: float = 2.2
+    fov_deg: float = 39.6
+    orbit_frames: int = 16
+    view_frames: tuple[int, ...] = (0, 2, 4, 6, 8, 10, 12, 15)
+
+    def validate(self, key: str) -> None:
+        _check(self.radius > 0.9, f"{key}.radius", f"must exceed the unit box's reach (0.87), got {self.radius}")
+        _check(0 < self.fov_deg < 180, f"{key}.fov_deg", f"must be in (0, 180), got {self.fov_deg}")
+        _check(self.orbit_frames >= 1, f"{key}.orbit_frames", "must be >= 1")
+        _check(len(self.view_frames) >= 2, f"{key}.view_frames", "need at least 2 views")
+        _check(self.view_frames[0] == 0, f"{key}.view_frames", "the first view must be frame 0 (the input view)")
+        _check(
+            all(0 <= f < self.orbit_frames for f in self.view_frames),
+            f"{key}.view_frames",
+            f"frames must lie in [0, {self.orbit_frames}), got {list(self.view_frames)}",
+        )
+        _check(len(set(self.view_frames)) == len(self.view_frames), f"{key}.view_frames", "frames must be distinct")
+
+    @property
+    def num_views(self) -> int:
+        return len(self.view_frames)
+
+
+@dataclass(frozen=True)
+class CCMParams:
+    scale: float = 0.8
+    offset: float = 0.5
+    background: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _check(self.scale > 0, f"{key}.scale", f"must be positive, got {self.scale}")
+        _check(0 <= self.background <= 1, f"{key}.background", f"must lie in [0, 1], got {self.background}")
+
+    @property
+    def normalization(self) -> CCMNormalization:
+        return CCMNormalization(self.scale, self.offset, self.background)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    source: Literal["random_urdfs", "ycb", "libero", "folder"] = "random_urdfs"
+    max_objects: int = 200
+    elevation_deg: tuple[float, float] = (-5.0, 30.0)
+
+    def validate(self, key: str) -> None:
+        _check(self.source in SOURCES, f"{key}.source", f"must be one of {SOURCES}, got {self.source!r}")
+        _check(self.max_objects >= 1, f"{key}.max_objects", f"must be >= 1, got {self.max_objects}")
+        lo, hi = self.elevation_deg
+        _check(-89 < lo <= hi < 89, f"{key}.elevation_deg", f"need -89 < low <= high < 89, got {[lo, hi]}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    resolution: int = 64
+    workers: int = 2
+    min_objects: int = 4
+    train: SplitParams = field(default_factory=SplitParams)
+    eval: SplitParams = field(default_factory=lambda: SplitParams("ycb", 20, (0.0, 20.0)))
+    eval_textured: bool = False
+    folder: str | None = None
+
+    def validate(self, key: str) -> None:
+        _check(8 <= self.resolution <= 2048, f"{key}.resolution", f"must be in [8, 2048], got {self.resolution}")
+        _check(self.resolution % 8 == 0, f"{key}.resolution", f"must be a multiple of 8, got {self.resolution}")
+        _check(self.workers >= 1, f"{key}.workers", "must be >= 1")
+        _check(self.min_objects >= 1, f"{key}.min_objects", "must be >= 1")
+        self.train.validate(f"{key}.train")
+        self.eval.validate(f"{key}.eval")
+        uses_folder = "folder" in (self.train.source, self.eval.source)
+        _check(not uses_folder or bool(self.folder), f"{key}.folder", "a split uses source 'folder' but no folder is set")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    preset: str = "cpu-small"
+    feedback: bool = True
+    feedback_maps: tuple[str, ...] = FEEDBACK_MAPS
+    joint: bool = True
+    camera: CameraParams = field(default_factory=CameraParams)
+    ccm: CCMParams = field(default_factory=CCMParams)
+    data: DataParams = field(default_factory=DataParams)
+
+    def validate(self) -> None:
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        bad = [m for m in self.feedback_maps if m not in FEEDBACK_MAPS]
+        _check(not bad, "feedback_maps", f"unknown maps {bad}; choose from {FEEDBACK_MAPS}")
+        _check(
+            not self.feedback or bool(self.feedback_maps),
+            "feedback_maps",
+            "feedback is on but no map is fed back; set feedback=false or name a map",
+        )
+        self.camera.validate("camera")
+        self.ccm.validate("ccm")
+        self.data.validate("data")
+
+    @property
+    def feedback_ccm(self) -> bool:
+        return self.feedback and "ccm" in self.feedback_maps
+
+    @property
+    def feedback_rgb(self) -> bool:
+        return self.feedback and "rgb" in self.feedback_maps
+
+
+# --- building dataclasses from plain dicts, with errors that name the key ----------
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            _check(type(None) in args, key, "must not be null")
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key)
+    if origin is Literal:
+        _check(value in typing.get_args(tp), key, f"must be one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), key, f"must have {len(args)} entries, got {list(value)}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _check(ok, key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {tp} at {key}")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    where = f"{prefix}." if prefix else ""
+    _check(not unknown, prefix or "params.yaml", f"unknown key(s) {[where + u for u in unknown]}")
+    kwargs = {k: _convert(hints[k], v, where + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def params_from_dict(raw: dict) -> Params:
+    """Resolve the preset, build and validate :class:`Params` from a params.yaml mapping."""
+    raw = dict(raw or {})
+    presets = raw.pop("presets", {}) or {}
+    preset = raw.get("preset", "cpu-small")
+    _check(preset in presets or preset == "cpu-small", "preset", f"unknown preset {preset!r}; have {sorted(presets)}")
+    merged = _deep_merge(raw, presets.get(preset) or {})
+    params = _build(Params, merged, "")
+    params.validate()
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"params file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return params_from_dict(raw)
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None

@@ -1,0 +1,204 @@
+"""EDM formulation of the paper's supplementary, section 1.1 (equations 2-9).
+
+The network ``F`` knows nothing of EDM: :class:`EDMPrecond` wraps it and turns it
+into the denoiser ``D(x; sigma)`` of eq. (4). The loss is a small callable and the
+samplers are pure functions sharing one signature ``(model, x, sigmas, callback)``
+in the manner of k-diffusion, where ``model(x, sigma, **cond)`` is a denoiser.
+
+The sampler callback is how Algorithm 2's recursive loop hooks in: it receives the
+step index, sigma, the current ``x`` and the x0 prediction ``denoised``, and may return a
+dict of conditioning that replaces entries of ``cond`` for the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "c_in",
+    "c_out",
+    "c_skip",
+    "c_noise",
+    "loss_weight",
+    "EDMPrecond",
+    "EDMLoss",
+    "sample_training_sigma",
+    "karras_sigmas",
+    "sample_euler",
+    "sample_heun",
+]
+
+
+# --- preconditioning, eq. (5)-(9); sigma_data = 1 as in the paper -------------------
+
+
+def c_in(sigma: torch.Tensor) -> torch.Tensor:
+    """Eq. (5): input scale ``1 / sqrt(sigma^2 + 1)``."""
+    return 1.0 / torch.sqrt(sigma**2 + 1.0)
+
+
+def c_out(sigma: torch.Tensor) -> torch.Tensor:
+    """Eq. (6): output scale ``-sigma / sqrt(sigma^2 + 1)`` (the v-prediction sign of SVD)."""
+    return -sigma / torch.sqrt(sigma**2 + 1.0)
+
+
+def c_skip(sigma: torch.Tensor) -> torch.Tensor:
+    """Eq. (7): skip scale ``1 / (sigma^2 + 1)``."""
+    return 1.0 / (sigma**2 + 1.0)
+
+
+def c_noise(sigma: torch.Tensor) -> torch.Tensor:
+    """Eq. (8): noise conditioning ``0.25 * ln(sigma)``."""
+    return 0.25 * torch.log(sigma)
+
+
+def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
+    """Eq. (9): ``lambda(sigma) = (1 + sigma^2) / sigma^2``."""
+    return (1.0 + sigma**2) / sigma**2
+
+
+def _per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or per-sample sigma of shape (B,) against x of shape (B, ...)."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class EDMPrecond(nn.Module):
+    """Denoiser ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` of eq. (4).
+
+    ``net(x_in, c_noise, **cond)`` is any network; it receives the scaled input and the
+    per-sample noise embedding input of shape (B,). Extra conditioning passes through.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
+        s = _per_sample(sigma, x)
+        f = self.net(c_in(s) * x, c_noise(s).flatten(), **cond)
+        return c_skip(s) * x + c_out(s) * f
+
+
+def sample_training_sigma(
+    n: int,
+    p_mean: float = 1.0,
+    p_std: float = 1.6,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Training noise levels, ``ln sigma ~ N(P_mean, P_std^2)`` (paper: 1.0, 1.6)."""
+    return torch.exp(p_mean + p_std * torch.randn(n, generator=generator, device=device))
+
+
+class EDMLoss:
+    """Denoising score matching, eq. (3), weighted by eq. (9).
+
+    Returns the per-sample loss ``lambda(sigma) * mean((D(x0 + n; sigma) - x0)^2)`` and the
+    denoised prediction, so a caller (Algorithm 1) can reuse it.
+    """
+
+    def __init__(self, p_mean: float = 1.0, p_std: float = 1.6):
+        self.p_mean = p_mean
+        self.p_std = p_std
+
+    def __call__(
+        self,
+        denoiser: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if sigma is None:
+            sigma = sample_training_sigma(x0.shape[0], self.p_mean, self.p_std, generator).to(x0)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        s = _per_sample(sigma, x0)
+        denoised = denoiser(x0 + s * noise, sigma, **cond)
+        per_sample = ((denoised - x0) ** 2).flatten(1).mean(1)
+        return loss_weight(sigma) * per_sample, denoised
+
+
+# --- sampling --------------------------------------------------------------------
+
+
+def karras_sigmas(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0
+) -> torch.Tensor:
+    """The EDM/Karras schedule: ``n`` decreasing noise levels followed by a final 0.
+
+    SVD's defaults are sigma_min = 0.002, sigma_max = 700.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one sampling step, got {n}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+Callback = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+
+
+def _notify(callback: Callback | None, cond: dict, **info: Any) -> None:
+    if callback is None:
+        return
+    update = callback(info)
+    if update:
+        cond.update(update)
+
+
+@torch.no_grad()
+def sample_euler(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callback | None = None,
+    cond: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Euler integration of the probability-flow ODE, eq. (1), with ``dx/dsigma = (x - D)/sigma``.
+
+    ``x`` starts as noise at ``sigmas[0]``. After each denoiser call the callback gets
+    ``{"i", "sigma", "sigma_next", "x", "denoised"}`` and may return conditioning updates.
+    """
+    cond = dict(cond or {})
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma, **cond)
+        _notify(callback, cond, i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
+        x = x + (x - denoised) / sigma * (sigma_next - sigma)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callback | None = None,
+    cond: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Heun's second-order method (EDM Algorithm 1 without churn); Euler on the last step."""
+    cond = dict(cond or {})
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma, **cond)
+        d = (x - denoised) / sigma
+        x_next = x + d * (sigma_next - sigma)
+        if sigma_next > 0:
+            d_next = (x_next - model(x_next, sigma_next, **cond)) / sigma_next
+            x_next = x + 0.5 * (d + d_next) * (sigma_next - sigma)
+        _notify(callback, cond, i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
+        x = x_next
+    return x
+
