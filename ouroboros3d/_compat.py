@@ -44,6 +44,6 @@ def ensure_torchvision_importable() -> None:
         return
     except (OSError, ImportError, RuntimeError):
         TORCHVISION_OPS_AVAILABLE = False
-    _library = torch.library.Library("torchvision", "DEF")  # noqa: TID251 - see module docstring
+    _library = torch.library.Library("torchvision", "DEF")
     for schema in _SCHEMAS.values():
         _library.define(schema)

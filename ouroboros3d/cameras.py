@@ -23,14 +23,14 @@ import torch
 
 __all__ = [
     "WORLD_UP",
+    "camera_rays",
+    "default_view_layout",
+    "intrinsics",
     "look_at",
     "orbit_c2w",
-    "intrinsics",
     "pixel_centers",
-    "camera_rays",
     "plucker_rays",
     "project",
-    "default_view_layout",
 ]
 
 WORLD_UP = (0.0, 0.0, 1.0)

@@ -16,7 +16,7 @@ import torch
 
 from .cameras import pixel_centers
 
-__all__ = ["CCMNormalization", "depth_to_world", "world_to_ccm", "ccm_to_world", "depth_to_ccm"]
+__all__ = ["CCMNormalization", "ccm_to_world", "depth_to_ccm", "depth_to_world", "world_to_ccm"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,7 @@ def depth_to_world(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> t
     return torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], cam) + c2w[..., None, None, :3, 3]
 
 
-def world_to_ccm(
-    points: torch.Tensor, mask: torch.Tensor, norm: CCMNormalization = CCMNormalization()
-) -> torch.Tensor:
+def world_to_ccm(points: torch.Tensor, mask: torch.Tensor, norm: CCMNormalization = CCMNormalization()) -> torch.Tensor:
     """World points (..., H, W, 3) and a foreground mask (..., H, W) to a CCM (..., 3, H, W)."""
     ccm = (points * norm.scale + norm.offset).clamp(0.0, 1.0)
     ccm = torch.where(mask[..., None], ccm, torch.full_like(ccm, norm.background))

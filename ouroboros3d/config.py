@@ -19,7 +19,7 @@ import yaml
 
 from .ccm import CCMNormalization
 
-__all__ = ["ParamsError", "Params", "load_params", "params_from_dict"]
+__all__ = ["Params", "ParamsError", "load_params", "params_from_dict"]
 
 FEEDBACK_MAPS = ("ccm", "rgb")
 SOURCES = ("random_urdfs", "ycb", "libero", "folder")
@@ -105,7 +105,9 @@ class DataParams:
         self.train.validate(f"{key}.train")
         self.eval.validate(f"{key}.eval")
         uses_folder = "folder" in (self.train.source, self.eval.source)
-        _check(not uses_folder or bool(self.folder), f"{key}.folder", "a split uses source 'folder' but no folder is set")
+        _check(
+            not uses_folder or bool(self.folder), f"{key}.folder", "a split uses source 'folder' but no folder is set"
+        )
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         _check(len(value) == len(args), key, f"must have {len(args)} entries, got {list(value)}")
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False)))
     if tp is bool:
         _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
         return value

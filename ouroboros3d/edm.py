@@ -19,17 +19,17 @@ import torch
 from torch import nn
 
 __all__ = [
+    "EDMLoss",
+    "EDMPrecond",
     "c_in",
+    "c_noise",
     "c_out",
     "c_skip",
-    "c_noise",
-    "loss_weight",
-    "EDMPrecond",
-    "EDMLoss",
-    "sample_training_sigma",
     "karras_sigmas",
+    "loss_weight",
     "sample_euler",
     "sample_heun",
+    "sample_training_sigma",
 ]
 
 
@@ -130,9 +130,7 @@ class EDMLoss:
 # --- sampling --------------------------------------------------------------------
 
 
-def karras_sigmas(
-    n: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0
-) -> torch.Tensor:
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
     """The EDM/Karras schedule: ``n`` decreasing noise levels followed by a final 0.
 
     SVD's defaults are sigma_min = 0.002, sigma_max = 700.
@@ -201,4 +199,3 @@ def sample_heun(
         _notify(callback, cond, i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
         x = x_next
     return x
-
