@@ -1,0 +1,95 @@
+"""PyTorch dataset over rendered objects in the documented folder layout.
+
+Each item is one object, a dict of tensors (V views, H x W pixels; view 0 is the input view):
+
+==============  ===============  =========  ==============================================
+key             shape            dtype      values
+==============  ===============  =========  ==============================================
+``input_view``  (3, H, W)        float32    RGB in [0, 1] on a white background (= views[0])
+``views``       (V, 3, H, W)     float32    RGB in [0, 1] on a white background
+``alpha``       (V, 1, H, W)     float32    1 on the object, 0 on the background
+``depth``       (V, H, W)        float32    z-depth in world units (> 0), 0 on the background
+``ccm``         (V, 3, H, W)     float32    canonical coordinates in [0, 1]; background value
+                                            of the CCM normalisation (0 by default)
+``K``           (V, 3, 3)        float32    pinhole intrinsics in pixels (OpenCV)
+``c2w``         (V, 4, 4)        float32    camera-to-world, OpenCV axes, world +Z up
+``plucker``     (V, 6, H, W)     float32    ray direction (unit) and moment o x d per pixel
+``object_id``   --               str        the object's folder name
+==============  ===============  =========  ==============================================
+
+The CCM is read from ``<ccm_dir>/<object_id>/ccm.npy`` when a ``ccm_dir`` is given and the
+file exists, and otherwise computed from the depth with the given normalisation, so the
+dataset also opens a renders folder of your own that has no CCM stage output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..cameras import plucker_rays
+from ..ccm import CCMNormalization, depth_to_ccm
+from . import layout
+
+__all__ = ["MultiViewDataset"]
+
+
+class MultiViewDataset(Dataset):
+    """Objects of one split folder: ``renders_dir/<object_id>/`` (rgb_XX.png, alpha_XX.png, depth.npy, cameras.json)."""
+
+    def __init__(
+        self,
+        renders_dir: str | Path,
+        ccm_dir: str | Path | None = None,
+        ccm_normalization: CCMNormalization = CCMNormalization(),
+        object_ids: list[str] | None = None,
+    ):
+        self.renders_dir = Path(renders_dir)
+        self.ccm_dir = Path(ccm_dir) if ccm_dir is not None else None
+        self.ccm_normalization = ccm_normalization
+        self.object_ids = sorted(object_ids) if object_ids is not None else layout.list_objects(self.renders_dir)
+        if not self.object_ids:
+            raise FileNotFoundError(
+                f"no rendered objects in {self.renders_dir}: expected sub-folders with {layout.CAMERAS_FILE}, "
+                f"{layout.DEPTH_FILE} and rgb_XX.png/alpha_XX.png (see ouroboros3d.data)"
+            )
+
+    @classmethod
+    def for_split(
+        cls, split: str, data_root: str | Path = "data", ccm_normalization: CCMNormalization = CCMNormalization()
+    ) -> MultiViewDataset:
+        """The dataset of a split as the DVC stages write it: ``data/renders/<split>`` + ``data/ccm/<split>``."""
+        root = Path(data_root)
+        return cls(root / "renders" / split, root / "ccm" / split, ccm_normalization)
+
+    def __len__(self) -> int:
+        return len(self.object_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        object_id = self.object_ids[index]
+        obj_dir = self.renders_dir / object_id
+        cams = layout.read_cameras(obj_dir)
+        K, c2w = cams["K"], cams["c2w"]
+        rgb, alpha = layout.read_views(obj_dir, len(c2w))
+        depth = torch.from_numpy(np.load(obj_dir / layout.DEPTH_FILE).astype(np.float32))
+        height, width = depth.shape[-2:]
+        views = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+        ccm_file = self.ccm_dir / object_id / layout.CCM_FILE if self.ccm_dir is not None else None
+        if ccm_file is not None and ccm_file.is_file():
+            ccm = torch.from_numpy(np.load(ccm_file).astype(np.float32))
+        else:
+            ccm = depth_to_ccm(depth, K, c2w, self.ccm_normalization)
+        return {
+            "input_view": views[0],
+            "views": views,
+            "alpha": torch.from_numpy(alpha).float()[:, None] / 255.0,
+            "depth": depth,
+            "ccm": ccm,
+            "K": K,
+            "c2w": c2w,
+            "plucker": plucker_rays(K, c2w, height, width),
+            "object_id": object_id,
+        }

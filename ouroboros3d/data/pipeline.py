@@ -1,0 +1,342 @@
+"""The ``render`` stage: pick objects per split, draw their views, render them in parallel.
+
+Views: each object is seen from the ``camera.view_frames`` of a ``camera.orbit_frames``-frame
+orbit (radius ``camera.radius``, field of view ``camera.fov_deg``) at ONE elevation. Both the
+elevation (uniform in the split's ``elevation_deg`` range) and an azimuth offset of the
+whole orbit (uniform in [0, 360)) are drawn per object from a hash of (seed, object id), so
+the input view (view 0, orbit frame 0) shows each object from its own side and height, and
+the draw does not depend on which other objects are rendered. Both are rounded to 1e-4
+degree, and the rounded values are what is rendered and recorded.
+
+Objects: a split takes all objects of its source, or, when there are more than
+``max_objects``, a random subset of that size drawn from the seed (then sorted by id). With
+``data.eval_textured`` the eval split additionally gets every textured ``libero`` scan.
+
+Bad input (a mesh that fails to load, is empty, or whose input view shows no pixel) is
+recorded as skipped in the manifest with its reason and the stage goes on; it fails with
+:class:`DatasetTooSmallError` only when a split keeps fewer than ``data.min_objects`` objects.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import multiprocessing
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..cameras import default_view_layout, intrinsics, orbit_c2w
+from ..config import Params
+from . import layout
+from .mesh import EmptyMeshError, normalize_to_unit_box
+from .render import RenderedViews, render_views, require_embree
+from .sources import MeshObject, make_source
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "RENDERER_VERSION",
+    "SPLITS",
+    "DatasetTooSmallError",
+    "ObjectJob",
+    "RenderSettings",
+    "draw_view_angles",
+    "object_cameras",
+    "plan_split",
+    "read_manifest",
+    "render_dataset",
+    "render_object",
+    "select_objects",
+]
+
+SPLITS = ("train", "eval")
+MANIFEST_COLUMNS = [
+    "object_id",
+    "split",
+    "source",
+    "licence",
+    "status",
+    "skip_reason",
+    "faces",
+    "elevation_deg",
+    "azimuth_offset_deg",
+]
+RENDERER_VERSION = 1  # bump when a change to the renderer alters its output (invalidates --resume)
+
+
+class DatasetTooSmallError(RuntimeError):
+    """A split ended up with fewer usable objects than ``data.min_objects``."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything besides the object that determines its renders."""
+
+    resolution: int
+    radius: float
+    fov_deg: float
+    orbit_frames: int
+    view_frames: tuple[int, ...]
+
+    @classmethod
+    def from_params(cls, params: Params) -> RenderSettings:
+        cam = params.camera
+        return cls(params.data.resolution, cam.radius, cam.fov_deg, cam.orbit_frames, tuple(cam.view_frames))
+
+
+@dataclass(frozen=True)
+class ObjectJob:
+    obj: MeshObject
+    split: str
+    elevation_deg: float
+    azimuth_offset_deg: float
+    settings: RenderSettings
+    split_dir: str
+    resume: bool = False
+
+
+def _hash_seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def draw_view_angles(seed: int, object_id: str, elevation_range: tuple[float, float]) -> tuple[float, float]:
+    """(elevation, azimuth offset) in degrees for an object, a pure function of (seed, object id)."""
+    rng = np.random.default_rng(_hash_seed("views", seed, object_id))
+    low, high = elevation_range
+    elevation = low + (high - low) * rng.random()
+    azimuth_offset = 360.0 * rng.random()
+    return round(float(elevation), 4), round(float(azimuth_offset), 4)
+
+
+def object_cameras(
+    settings: RenderSettings, elevation_deg: float, azimuth_offset_deg: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Intrinsics (V,3,3), camera-to-world (V,4,4) and azimuths (V,) of one object's views."""
+    azimuths = default_view_layout(settings.orbit_frames, settings.view_frames, azimuth_offset_deg)
+    c2w = orbit_c2w(azimuths, elevation_deg, settings.radius)
+    K = intrinsics(settings.fov_deg, settings.resolution).expand(len(azimuths), 3, 3).contiguous()
+    return K, c2w, azimuths
+
+
+def select_objects(objects: list[MeshObject], max_objects: int, seed: int, split: str) -> list[MeshObject]:
+    """All objects, or a seeded random subset of ``max_objects`` of them, sorted by id."""
+    objects = sorted(objects, key=lambda o: o.object_id)
+    if len(objects) > max_objects:
+        rng = np.random.default_rng(_hash_seed("subset", seed, split))
+        keep = np.sort(rng.choice(len(objects), size=max_objects, replace=False))
+        objects = [objects[i] for i in keep]
+    return objects
+
+
+def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = False) -> list[ObjectJob]:
+    """The render jobs of one split (``"train"`` or ``"eval"``)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; have {SPLITS}")
+    split_params = getattr(params.data, split)
+    objects = select_objects(
+        make_source(split_params.source, params.data).objects(), split_params.max_objects, params.seed, split
+    )
+    if split == "eval" and params.data.eval_textured and split_params.source != "libero":
+        objects += make_source("libero", params.data).objects()
+    settings = RenderSettings.from_params(params)
+    split_dir = str(Path(out_dir) / split)
+    jobs = []
+    for obj in objects:
+        elevation, azimuth_offset = draw_view_angles(params.seed, obj.object_id, split_params.elevation_deg)
+        jobs.append(ObjectJob(obj, split, elevation, azimuth_offset, settings, split_dir, resume))
+    return jobs
+
+
+def _render_key(job: ObjectJob) -> str:
+    """Fingerprint of what an object's renders depend on, stored in cameras.json for --resume."""
+    what = [RENDERER_VERSION, job.obj.object_id, job.elevation_deg, job.azimuth_offset_deg, asdict(job.settings)]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _manifest_row(job: ObjectJob, status: str, reason: str = "", faces: int = 0) -> dict:
+    reason = " ".join(reason.split())[:300]  # one line per object in the CSV, however long the loader's error
+    return {
+        "object_id": job.obj.object_id,
+        "split": job.split,
+        "source": job.obj.source,
+        "licence": job.obj.licence,
+        "status": status,
+        "skip_reason": reason,
+        "faces": int(faces),
+        "elevation_deg": job.elevation_deg,
+        "azimuth_offset_deg": job.azimuth_offset_deg,
+    }
+
+
+def _write_object(job: ObjectJob, views: RenderedViews, K, c2w, azimuths, faces: int) -> None:
+    settings = job.settings
+    cameras = {
+        "object_id": job.obj.object_id,
+        "source": job.obj.source,
+        "licence": job.obj.licence,
+        "faces": faces,
+        "elevation_deg": job.elevation_deg,
+        "azimuth_offset_deg": job.azimuth_offset_deg,
+        "azimuth_deg": azimuths.tolist(),
+        "radius": settings.radius,
+        "fov_deg": settings.fov_deg,
+        "orbit_frames": settings.orbit_frames,
+        "view_frames": list(settings.view_frames),
+        "resolution": settings.resolution,
+        "height": settings.resolution,
+        "width": settings.resolution,
+        "K": K.tolist(),
+        "c2w": c2w.tolist(),
+        "render_key": _render_key(job),
+    }
+    with layout.atomic_object_dir(job.split_dir, job.obj.object_id) as tmp:
+        for v in range(len(views.rgb)):
+            layout.write_png(tmp / layout.rgb_file(v), views.rgb[v])
+            layout.write_png(tmp / layout.alpha_file(v), views.alpha[v])
+        np.save(tmp / layout.DEPTH_FILE, views.depth)
+        layout.write_json(tmp / layout.CAMERAS_FILE, cameras)
+
+
+def _finished_earlier(job: ObjectJob) -> dict | None:
+    """The cameras.json of a complete earlier render of exactly this job, if any."""
+    path = Path(job.split_dir) / job.obj.object_id / layout.CAMERAS_FILE
+    try:
+        cameras = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return cameras if cameras.get("render_key") == _render_key(job) else None
+
+
+def render_object(job: ObjectJob) -> dict:
+    """Load, normalise, render and write one object; returns its manifest row (never raises for bad input)."""
+    if job.resume and (earlier := _finished_earlier(job)) is not None:
+        return _manifest_row(job, "ok", faces=earlier["faces"])
+    try:
+        mesh = job.obj.load()
+    except Exception as e:  # any loader error is the object's problem, not the stage's
+        return _manifest_row(job, "skipped", f"load failed: {type(e).__name__}: {e}")
+    faces = len(mesh.faces)
+    try:
+        mesh = normalize_to_unit_box(mesh, job.obj.up_axis)
+    except EmptyMeshError as e:
+        return _manifest_row(job, "skipped", f"empty mesh: {e}", faces)
+    K, c2w, azimuths = object_cameras(job.settings, job.elevation_deg, job.azimuth_offset_deg)
+    res = job.settings.resolution
+    try:
+        views = render_views(mesh, K, c2w, res, res)
+    except Exception as e:
+        return _manifest_row(job, "skipped", f"render failed: {type(e).__name__}: {e}", faces)
+    if views.foreground_pixels()[0] == 0:
+        return _manifest_row(job, "skipped", "rendered no pixels in the input view", faces)
+    _write_object(job, views, K, c2w, azimuths, faces)
+    return _manifest_row(job, "ok", faces=faces)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core; nested threading only oversubscribes
+
+
+def _run_jobs(jobs: list[ObjectJob], workers: int, progress: bool) -> list[dict]:
+    bar = dict(total=len(jobs), desc="render", unit="obj", disable=not progress, file=sys.stderr, mininterval=0.5)
+    if workers <= 1 or len(jobs) <= 1:
+        return [render_object(job) for job in tqdm(jobs, **bar)]
+    # fork (as torch's DataLoader does; workers drop to one thread, so the parent's OpenMP pool is never
+    # touched); spawn where fork is unavailable
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+        return list(tqdm(pool.imap(render_object, jobs, chunksize=1), **bar))
+
+
+def read_manifest(out_dir: str | Path) -> pd.DataFrame:
+    """The manifest of a renders folder (an empty frame with the columns when there is none)."""
+    path = Path(out_dir) / layout.MANIFEST_FILE
+    if not path.is_file():
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    return pd.read_csv(path, keep_default_na=False, dtype={"object_id": str, "skip_reason": str})
+
+
+def _check_disjoint(manifest: pd.DataFrame) -> None:
+    """Train and eval must never share an object (ids carry the source name, so this is per source too)."""
+    ok = manifest[manifest.status == "ok"]
+    shared = sorted(set(ok.object_id[ok.split == "train"]) & set(ok.object_id[ok.split == "eval"]))
+    if shared:
+        raise ValueError(
+            f"train and eval share {len(shared)} object(s), e.g. {shared[:3]}: give the splits different sources"
+        )
+
+
+def _summary(manifest: pd.DataFrame, split: str) -> str:
+    rows = manifest[manifest.split == split]
+    skipped = rows[rows.status == "skipped"]
+    reasons = collections.Counter(r.split(":")[0] for r in skipped.skip_reason)
+    detail = ", ".join(f"{why}: {n}" for why, n in sorted(reasons.items()))
+    return f"{split}: {int((rows.status == 'ok').sum())} ok, {len(skipped)} skipped" + (
+        f" ({detail})" if detail else ""
+    )
+
+
+def _remove_unlisted_objects(split_dir: Path, keep: set[str]) -> None:
+    """Drop object folders of earlier runs that this run did not produce, so folder == manifest."""
+    for object_id in layout.list_objects(split_dir):
+        if object_id not in keep:
+            shutil.rmtree(split_dir / object_id)
+
+
+def render_dataset(
+    params: Params,
+    out_dir: str | Path = "data/renders",
+    splits: tuple[str, ...] = SPLITS,
+    resume: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Render ``splits`` into ``out_dir/<split>/<object_id>/`` and write ``out_dir/manifest.csv``.
+
+    ``resume`` reuses object folders whose recorded render fingerprint matches. Rows of
+    splits not rendered now are kept from an existing manifest. Returns the manifest;
+    raises :class:`DatasetTooSmallError` (after writing it) if a split is too small.
+    """
+    require_embree()
+    out_dir = Path(out_dir)
+    jobs = []
+    for split in splits:
+        layout.remove_stale_temporaries(out_dir / split)
+        jobs += plan_split(params, split, out_dir, resume)
+    planned = pd.DataFrame({"object_id": [j.obj.object_id for j in jobs], "split": [j.split for j in jobs]})
+    _check_disjoint(planned.assign(status="ok"))  # fail before rendering anything; checked again on the manifest
+    rows = _run_jobs(jobs, params.data.workers if workers is None else workers, progress)
+
+    kept = read_manifest(out_dir)
+    kept = kept[~kept.split.isin(splits)]
+    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    manifest = manifest.sort_values(["split", "object_id"], kind="stable").reset_index(drop=True)
+    _check_disjoint(manifest)
+    for split in splits:
+        ok = new[(new.split == split) & (new.status == "ok")]
+        _remove_unlisted_objects(out_dir / split, set(ok.object_id))
+    buffer = io.StringIO()
+    manifest.to_csv(buffer, index=False, lineterminator="\n")
+    layout.atomic_write_bytes(out_dir / layout.MANIFEST_FILE, buffer.getvalue().encode())
+
+    for split in splits:
+        print(_summary(manifest, split))
+    too_small = [
+        f"'{s}' has {int(((new.split == s) & (new.status == 'ok')).sum())}"
+        for s in splits
+        if ((new.split == s) & (new.status == "ok")).sum() < params.data.min_objects
+    ]
+    if too_small:
+        raise DatasetTooSmallError(
+            f"split {', '.join(too_small)} usable object(s), fewer than data.min_objects={params.data.min_objects}; "
+            f"see the skip reasons in {out_dir / layout.MANIFEST_FILE}"
+        )
+    return manifest
