@@ -1,0 +1,454 @@
+"""The feed-forward Gaussian reconstructor G: a few posed views to 3D Gaussians (LGM-style).
+
+LGM (Tang et al. 2024) takes 4 views with their Plücker ray maps, runs one U-Net over every
+view with multi-view self-attention in its low-resolution levels, and reads a "splat image"
+off the output: every output pixel of every view is one Gaussian (14 channels). Ouroboros3D
+adds a timestep embedding so that G can be given the denoiser's intermediate, noisy-looking
+x0 predictions at noise level sigma. This module is a from-scratch implementation of that
+design in plain PyTorch:
+
+* Input per view: the image mapped to [-1, 1] and its Plücker map (direction, moment), 9
+  channels. Output: ``N = in_views * splat_size**2`` Gaussians per object, ordered view by
+  view, then row-major over the splat image.
+* U-Net: ``conv_in``; per down level ``layers_per_block`` residual blocks (GroupNorm-SiLU-conv
+  twice, the timestep embedding scaling and shifting the second GroupNorm's output) and a
+  stride-2 conv between levels; a middle block (res, attention, res); per up level
+  ``layers_per_block + 1`` residual blocks, each fed one skip connection, and nearest x2 +
+  conv between levels; GroupNorm-SiLU-conv to 15 channels. Residual sums are scaled by
+  1/sqrt(2). The splat image is ``image_size * 2**(len(up_channels) - len(down_channels))``
+  pixels wide.
+* Multi-view attention (levels flagged in ``down_attention``/``up_attention`` and the middle):
+  the tokens of all views of an object attend to each other jointly, which is how the views
+  exchange information.
+* Timestep: ``c_noise = 0.25 ln(sigma)`` (the EDM/SVD preconditioning) through sinusoidal
+  features and an MLP, applied in every residual block (scale and shift). ``sigma=None``
+  means clean input views (the non-joint baseline, trained on ground-truth views):
+  ``CLEAN_SIGMA = 0.002``, the bottom of the EDM noise range, is used then.
+
+Output activations (the 15 raw channels of a splat pixel, in order):
+
+* position (4 channels): pixel-aligned. The splat pixel's ray (from the Plücker input,
+  area-averaged to the splat resolution) has ``p0``, its point closest to the world origin,
+  and unit direction ``d``; ``xyz = p0 + d * ray_depth_bound * tanh(r0) + offset_bound *
+  tanh(r1:4)``. LGM predicts xyz directly (clamped to [-1, 1]); we chose the ray form because
+  it trains much faster from scratch: at initialisation every Gaussian already lies on the ray
+  of its pixel, near the object (objects live in the unit box, whose points are within 0.87 of
+  the origin, hence ``ray_depth_bound = 0.9``), so the input views are reproduced from the start
+  and only depth has to be learnt; the small free offset lets Gaussians leave the ray a little
+  (as in Splatter Image). tanh rather than LGM's clamp keeps the gradient alive at the bounds.
+* opacity (1): sigmoid, as LGM.
+* scale (3): ``scale_min + (scale_max - scale_min) * sigmoid``. LGM's ``0.1 * softplus`` is
+  unbounded above; a bounded range keeps the CPU rasteriser's cost (which grows with the
+  Gaussians' footprint) predictable and avoids the degenerate "few huge blobs" start.
+* rotation (4): a unit wxyz quaternion, ``F.normalize(r + (1, 0, 0, 0), dim=-1)``: each
+  Gaussian's own 4 channels are normalised. The ``+ (1, 0, 0, 0)`` bias starts every Gaussian
+  near the identity rotation with a raw norm near 1, where normalisation is well conditioned
+  (normalising a near-zero raw vector gives random rotations with huge gradients), and it
+  makes an exactly zero raw vector still map to a unit quaternion.
+* colour (3): sigmoid (LGM: ``0.5 tanh + 0.5``, which is ``sigmoid(2x)``; its authors note
+  they would use sigmoid if training again).
+
+Where we differ from LGM on rotation, and LGM's bug: LGM's released code sets
+``rot_act = F.normalize`` and applies it to the (B, N, 4) tensor of raw rotations.
+``F.normalize`` normalises along ``dim=1`` by default, which there is the *Gaussian* axis N,
+not the quaternion axis: every quaternion component is divided by the norm of that component
+over all N Gaussians of the object. The resulting quaternions are not unit (each is about
+1/sqrt(N) long) and every Gaussian's rotation depends on every other Gaussian's output. The
+rasteriser re-normalises quaternions, so renders still work, but the activation couples all
+Gaussians through the divisor and its gradient. LGM's README calls it a severe bug, says the
+released weights were trained with it and that a retrained model should use
+``F.normalize(x, dim=-1)``; the Ouroboros3D implementation kept LGM's version. We normalise
+along the last axis (with the identity bias above) and so are not weight-compatible with LGM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gaussians import Gaussians
+
+__all__ = ["CLEAN_SIGMA", "RAW_CHANNELS", "Reconstructor", "activate_gaussians", "splat_rays"]
+
+CLEAN_SIGMA = 0.002  # sigma used for clean input views (sigma=None): EDM's sigma_min
+PositionMode = Literal["ray", "box"]
+RAW_CHANNELS = 15  # 1 ray depth + 3 offset + 1 opacity + 3 scale + 4 rotation + 3 colour
+SKIP_SCALE = 1.0 / math.sqrt(2.0)  # keeps the residual stream's variance from growing with depth
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """32 groups as LGM where the width allows (>= 64 channels), else groups of at least 2 channels."""
+    return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels, eps=1e-5)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv3x3 twice, plus a skip; the timestep embedding scales and shifts the
+    second normalised activations (FiLM). A plain added bias, as in the first DDPM U-Nets, would
+    be removed again by GroupNorm wherever a group holds a single channel."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None):
+        super().__init__()
+        self.norm1 = _group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None
+        self.norm2 = _group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        if self.emb is not None:
+            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            h = h * (1.0 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return (h + self.skip(x)) * SKIP_SCALE
+
+
+class MultiViewAttention(nn.Module):
+    """Self-attention over the tokens of all views of an object jointly: (B*V, C, H, W) -> same."""
+
+    def __init__(self, channels: int, views: int, head_dim: int = 64):
+        super().__init__()
+        self.views = views
+        self.heads = max(1, channels // head_dim)
+        if channels % self.heads:
+            raise ValueError(f"{channels} channels do not split into {self.heads} heads")
+        self.norm = _group_norm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        bv, c, h, w = x.shape
+        b, length = bv // self.views, self.views * h * w
+        tokens = self.norm(x).reshape(b, self.views, c, h * w).transpose(2, 3).reshape(b, length, c)
+        q, k, v = self.qkv(tokens).reshape(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, c)
+        out = self.proj(out).reshape(b, self.views, h * w, c).transpose(2, 3).reshape(bv, c, h, w)
+        return (x + out) * SKIP_SCALE
+
+
+class _Level(nn.Module):
+    """One U-Net level: residual blocks (each optionally followed by attention), then a resampler.
+
+    ``skip_channels`` has one entry per residual block: the channels of the skip connection it
+    concatenates to its input (0 for none). Down levels push each block's output, and the
+    resampler's, to ``skips_out``; up levels pop one skip per block from ``skips_in``. The middle
+    level (``attention_between``) is res, attention, res.
+    """
+
+    def __init__(self, in_channels, skip_channels, width, attend, emb_dim, attention, attention_between=False):
+        super().__init__()
+        self.res = nn.ModuleList()
+        self.attn = nn.ModuleList()
+        channels = in_channels
+        for i, skip in enumerate(skip_channels):
+            self.res.append(ResBlock(channels + skip, width, emb_dim))
+            use = attend and (not attention_between or i < len(skip_channels) - 1)
+            self.attn.append(attention(width) if use else nn.Identity())
+            channels = width
+        self.resample: nn.Module | None = None
+
+    def forward(self, x, emb, skips_out: list | None = None, skips_in: list | None = None):
+        for res, attn in zip(self.res, self.attn, strict=True):
+            if skips_in is not None:
+                x = torch.cat([x, skips_in.pop()], dim=1)
+            x = attn(res(x, emb))
+            if skips_out is not None:
+                skips_out.append(x)
+        if self.resample is not None:
+            x = self.resample(x)
+            if skips_out is not None:
+                skips_out.append(x)
+        return x
+
+
+def timestep_features(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features (B, dim) of the scalar c_noise (B,) (diffusers' ``Timesteps`` form)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=c_noise.device) / half)
+    angles = c_noise.float()[:, None] * freqs[None]
+    feats = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(feats, (0, dim - 2 * half))
+
+
+def splat_rays(plucker: torch.Tensor, splat_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays of the splat pixels from Plücker maps (..., 6, H, W) at image resolution.
+
+    Returns ``p0`` (the ray's point closest to the world origin) and the unit direction ``d``,
+    both (..., S, S, 3). Area-averaging keeps the Plücker pair consistent for a pinhole
+    camera (the moment ``o x d`` is linear in ``d`` for a shared origin ``o``), so after
+    dividing both by the averaged direction's length it is the ray through the block's mean
+    direction.
+    """
+    lead = plucker.shape[:-3]
+    maps = plucker.reshape(-1, *plucker.shape[-3:])
+    if maps.shape[-1] != splat_size or maps.shape[-2] != splat_size:
+        maps = F.interpolate(
+            maps, size=(splat_size, splat_size), mode="area" if maps.shape[-1] > splat_size else "bilinear"
+        )
+    maps = maps.reshape(*lead, 6, splat_size, splat_size).movedim(-3, -1)
+    norm = maps[..., :3].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    direction, moment = maps[..., :3] / norm, maps[..., 3:] / norm
+    return torch.linalg.cross(direction, moment, dim=-1), direction
+
+
+def activate_gaussians(
+    raw: torch.Tensor,
+    ray_p0: torch.Tensor,
+    ray_dir: torch.Tensor,
+    ray_depth_bound: float,
+    offset_bound: float,
+    scale_range: tuple[float, float],
+    position: PositionMode = "ray",
+) -> Gaussians:
+    """Raw splat channels (B, N, 15) and pixel rays (B, N, 3) to Gaussians (module docstring).
+
+    ``position="box"`` is the LGM-like alternative kept for ablations: ``xyz = offset_bound *
+    tanh(r1:4)`` anywhere in a box of half-size ``offset_bound`` (channel r0 unused).
+    """
+    depth, offset, opacity, scale, rotation, color = raw.split([1, 3, 1, 3, 4, 3], dim=-1)
+    if position == "ray":
+        means = ray_p0 + ray_dir * (ray_depth_bound * torch.tanh(depth)) + offset_bound * torch.tanh(offset)
+    elif position == "box":
+        means = offset_bound * torch.tanh(offset)
+    else:
+        raise ValueError(f"position must be 'ray' or 'box', got {position!r}")
+    scale_min, scale_max = scale_range
+    return Gaussians(
+        means=means,
+        quats=F.normalize(rotation + rotation.new_tensor([1.0, 0.0, 0.0, 0.0]), dim=-1, eps=1e-8),
+        scales=scale_min + (scale_max - scale_min) * torch.sigmoid(scale),
+        opacities=torch.sigmoid(opacity[..., 0]),
+        colors=torch.sigmoid(color),
+    )
+
+
+class Reconstructor(nn.Module):
+    """LGM-style U-Net: ``in_views`` posed views to ``in_views * splat_size**2`` Gaussians.
+
+    Args:
+        in_views: views per object (LGM and the paper: 4 of the 8 generated views).
+        image_size: input resolution (square).
+        splat_size: splat image resolution; must equal
+            ``image_size * 2**(len(up_channels) - len(down_channels))``.
+        down_channels, up_channels: widths of the U-Net levels (up is the decoder, deepest first).
+        down_attention, up_attention, mid_attention: which levels have multi-view attention.
+        layers_per_block: residual blocks per down level (up levels get one more).
+        attention_head_dim: channels per attention head.
+        timestep_conditioning: add the c_noise embedding (Ouroboros3D); False gives plain LGM.
+        ray_depth_bound, offset_bound, scale_range: output activation ranges (module docstring).
+        position: "ray" (pixel-aligned, the default) or "box" (LGM-like free xyz within
+            ``offset_bound``, e.g. 0.6, for ablations).
+        output_init_scale: the last conv's initial weights are multiplied by this, so that the
+            first outputs sit near the activations' centres (small but non-zero, so that
+            gradients reach every layer from the first step).
+    """
+
+    def __init__(
+        self,
+        in_views: int = 4,
+        image_size: int = 64,
+        splat_size: int = 32,
+        down_channels: Sequence[int] = (32, 64, 128, 256),
+        up_channels: Sequence[int] = (256, 128, 64),
+        down_attention: Sequence[bool] | None = None,
+        up_attention: Sequence[bool] | None = None,
+        mid_attention: bool = True,
+        layers_per_block: int = 1,
+        attention_head_dim: int = 64,
+        timestep_conditioning: bool = True,
+        ray_depth_bound: float = 0.9,
+        offset_bound: float = 0.1,
+        scale_range: tuple[float, float] = (0.002, 0.05),
+        output_init_scale: float = 0.1,
+        position: PositionMode = "ray",
+    ):
+        super().__init__()
+        down_channels, up_channels = tuple(down_channels), tuple(up_channels)
+        if down_attention is None:  # default: attention only at the lowest resolution
+            down_attention = (False,) * (len(down_channels) - 1) + (True,)
+        if up_attention is None:
+            up_attention = (True,) + (False,) * (len(up_channels) - 1)
+        if len(down_attention) != len(down_channels) or len(up_attention) != len(up_channels):
+            raise ValueError("down_attention/up_attention need one flag per level")
+        if not 1 <= len(up_channels) <= len(down_channels):
+            raise ValueError(f"need 1 <= len(up_channels) <= len(down_channels), got {up_channels}, {down_channels}")
+        expected = image_size * 2 ** (len(up_channels) - len(down_channels))
+        if splat_size != expected or image_size % 2 ** (len(down_channels) - 1):
+            raise ValueError(
+                f"with {len(down_channels)} down and {len(up_channels)} up levels a {image_size}² input "
+                f"gives {expected}² splats (and must be divisible by {2 ** (len(down_channels) - 1)}), "
+                f"not {splat_size}²"
+            )
+        if not 0 < scale_range[0] < scale_range[1]:
+            raise ValueError(f"scale_range must be 0 < min < max, got {scale_range}")
+        self.in_views, self.image_size, self.splat_size = in_views, image_size, splat_size
+        if position not in ("ray", "box"):
+            raise ValueError(f"position must be 'ray' or 'box', got {position!r}")
+        self.ray_depth_bound, self.offset_bound, self.position = ray_depth_bound, offset_bound, position
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.config = dict(
+            in_views=in_views,
+            image_size=image_size,
+            splat_size=splat_size,
+            down_channels=down_channels,
+            up_channels=up_channels,
+            down_attention=tuple(down_attention),
+            up_attention=tuple(up_attention),
+            mid_attention=mid_attention,
+            layers_per_block=layers_per_block,
+            attention_head_dim=attention_head_dim,
+            timestep_conditioning=timestep_conditioning,
+            ray_depth_bound=ray_depth_bound,
+            offset_bound=offset_bound,
+            scale_range=self.scale_range,
+            output_init_scale=output_init_scale,
+            position=position,
+        )
+
+        self.time_features = down_channels[0]
+        emb_dim = 4 * down_channels[0] if timestep_conditioning else None
+        self.time_mlp = (
+            nn.Sequential(nn.Linear(self.time_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if timestep_conditioning
+            else None
+        )
+
+        def attention(channels: int) -> MultiViewAttention:
+            return MultiViewAttention(channels, in_views, attention_head_dim)
+
+        self.conv_in = nn.Conv2d(9, down_channels[0], 3, padding=1)
+        skips = [down_channels[0]]  # channels of the skip connections, in the order they are made
+        self.down = nn.ModuleList()
+        channels = down_channels[0]
+        for level, (width, attend) in enumerate(zip(down_channels, down_attention, strict=True)):
+            last = level == len(down_channels) - 1
+            block = _Level(channels, [0] * layers_per_block, width, attend, emb_dim, attention)
+            block.resample = None if last else nn.Conv2d(width, width, 3, stride=2, padding=1)
+            self.down.append(block)
+            channels = width
+            skips += [width] * (layers_per_block + (0 if last else 1))
+
+        self.mid = _Level(channels, [0, 0], channels, mid_attention, emb_dim, attention, attention_between=True)
+
+        self.up = nn.ModuleList()
+        for level, (width, attend) in enumerate(zip(up_channels, up_attention, strict=True)):
+            skip_channels = [skips.pop() for _ in range(layers_per_block + 1)]
+            block = _Level(channels, skip_channels, width, attend, emb_dim, attention)
+            if level < len(up_channels) - 1:
+                block.resample = nn.Sequential(
+                    nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)
+                )
+            self.up.append(block)
+            channels = width
+
+        self.norm_out = _group_norm(channels)
+        self.conv_out = nn.Conv2d(channels, RAW_CHANNELS, 3, padding=1)
+        with torch.no_grad():
+            self.conv_out.weight.mul_(output_init_scale)
+            self.conv_out.bias.zero_()
+
+    @classmethod
+    def paper(cls, **overrides) -> Reconstructor:
+        """LGM "big" as used by Ouroboros3D: 4 views at 256², 128² splats (65,536 Gaussians).
+
+        Widths, attention levels and depth are LGM big's; several hundred million parameters,
+        so build it under ``torch.device("meta")`` to inspect it without allocating memory.
+        """
+        config = dict(
+            in_views=4,
+            image_size=256,
+            splat_size=128,
+            down_channels=(64, 128, 256, 512, 1024, 1024),
+            down_attention=(False, False, False, True, True, True),
+            up_channels=(1024, 1024, 512, 256, 128),
+            up_attention=(True, True, True, False, False),
+            mid_attention=True,
+            layers_per_block=2,
+            attention_head_dim=64,
+        )
+        config.update(overrides)
+        return cls(**config)
+
+    @classmethod
+    def small(cls, image_size: int = 64, splat_size: int = 32, width: int = 32, **overrides) -> Reconstructor:
+        """A CPU-sized variant: widths ``width * (1, 2, 3, 3)`` down, attention at the two lowest levels.
+
+        With the defaults (64² input, 32² splats, width 32) 2.7M parameters.
+        """
+        levels = 4
+        down = tuple(width * m for m in (1, 2, 3, 3))
+        up_levels = levels + round(math.log2(splat_size / image_size))
+        config = dict(
+            image_size=image_size,
+            splat_size=splat_size,
+            down_channels=down,
+            down_attention=(False, False, True, True),
+            up_channels=tuple(reversed(down))[:up_levels],
+            up_attention=(True, True, False, False)[:up_levels],
+            layers_per_block=1,
+        )
+        config.update(overrides)
+        return cls(**config)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.in_views * self.splat_size**2
+
+    def forward(
+        self, images: torch.Tensor, plucker: torch.Tensor, sigma: torch.Tensor | float | None = None
+    ) -> Gaussians:
+        """Gaussians of B objects from their posed views.
+
+        Args:
+            images: (B, Vin, 3, H, W) RGB in [0, 1] (H = W = image_size).
+            plucker: (B, Vin, 6, H, W) Plücker rays of the views (direction, moment), as made by
+                :func:`ouroboros3d.cameras.plucker_rays`.
+            sigma: (B,) or a float, the EDM noise level of the views; None for clean views.
+
+        Returns:
+            Gaussians with N = Vin * splat_size**2 (view-major, then row-major).
+        """
+        b, v = images.shape[:2]
+        expected = (b, self.in_views, 3, self.image_size, self.image_size)
+        if tuple(images.shape) != expected or tuple(plucker.shape) != (b, v, 6, *expected[-2:]):
+            raise ValueError(
+                f"expected images {expected} and plucker {(b, v, 6, *expected[-2:])}, "
+                f"got {tuple(images.shape)} and {tuple(plucker.shape)}"
+            )
+        x = torch.cat([images * 2.0 - 1.0, plucker.to(images)], dim=2).flatten(0, 1)
+
+        emb = None
+        if self.time_mlp is not None:
+            sigma = CLEAN_SIGMA if sigma is None else sigma
+            sigma = torch.as_tensor(sigma, dtype=torch.float32, device=images.device).expand(b)
+            c_noise = 0.25 * torch.log(sigma)
+            emb = self.time_mlp(timestep_features(c_noise, self.time_features).to(images.dtype))
+            emb = emb.repeat_interleave(v, dim=0)  # one embedding per view image
+
+        x = self.conv_in(x)
+        skips = [x]
+        for level in self.down:
+            x = level(x, emb, skips_out=skips)
+        x = self.mid(x, emb)
+        for level in self.up:
+            x = level(x, emb, skips_in=skips)
+        raw = self.conv_out(F.silu(self.norm_out(x)))  # (B*V, 15, S, S)
+
+        s = self.splat_size
+        raw = raw.reshape(b, v, RAW_CHANNELS, s, s).permute(0, 1, 3, 4, 2).reshape(b, v * s * s, RAW_CHANNELS)
+        ray_p0, ray_dir = splat_rays(plucker.to(raw), s)
+        return activate_gaussians(
+            raw,
+            ray_p0.reshape(b, v * s * s, 3),
+            ray_dir.reshape(b, v * s * s, 3),
+            self.ray_depth_bound,
+            self.offset_bound,
+            self.scale_range,
+            self.position,
+        )
