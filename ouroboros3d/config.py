@@ -111,6 +111,100 @@ class DataParams:
 
 
 @dataclass(frozen=True)
+class ReconstructorParams:
+    """Sizes of the LGM-style reconstructor G (see ouroboros3d.reconstructor).
+
+    Its splat images have ``image_size * 2**(len(up_channels) - len(down_channels))`` pixels
+    a side: one Gaussian per splat pixel per input view.
+    """
+
+    image_size: int = 64
+    down_channels: tuple[int, ...] = (32, 64, 128, 128)
+    up_channels: tuple[int, ...] = (128, 64, 64)
+    layers_per_block: int = 1
+    attention_head_dim: int = 32
+
+    def validate(self, key: str) -> None:
+        levels = len(self.down_channels)
+        _check(levels >= 2, f"{key}.down_channels", "need at least two levels")
+        _check(1 <= len(self.up_channels) <= levels, f"{key}.up_channels", f"need 1 to {levels} levels")
+        _check(
+            self.image_size % 2 ** (levels - 1) == 0,
+            f"{key}.image_size",
+            f"must be divisible by {2 ** (levels - 1)} for {levels} levels, got {self.image_size}",
+        )
+
+    @property
+    def splat_size(self) -> int:
+        return self.image_size // 2 ** (len(self.down_channels) - len(self.up_channels))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    latent: Literal["pixel", "vae"] = "pixel"
+    vae_path: str | None = None  # a local SVD folder (its `vae` subfolder) for latent: vae
+    svd_path: str | None = None  # optional local SVD folder whose UNet weights initialise F
+    denoiser: dict = field(default_factory=dict)  # overrides of DenoiserConfig.preset(preset)
+    reconstructor: ReconstructorParams = field(default_factory=ReconstructorParams)
+    recon_views: tuple[int, ...] = (0, 2, 4, 6)  # which of the V views G sees (the paper: 4 of 8)
+
+    def validate(self, key: str, num_views: int) -> None:
+        _check(self.latent in ("pixel", "vae"), f"{key}.latent", f"must be pixel or vae, got {self.latent!r}")
+        _check(self.latent != "vae" or bool(self.vae_path), f"{key}.vae_path", "latent: vae needs a local vae_path")
+        bad = [v for v in self.recon_views if not 0 <= v < num_views]
+        _check(not bad and bool(self.recon_views), f"{key}.recon_views", f"views {bad} outside [0, {num_views})")
+        self.reconstructor.validate(f"{key}.reconstructor")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 600
+    batch_size: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    ema_decay: float = 0.99
+    grad_clip: float = 1.0
+    cond_dropout: float = 0.1  # conditioning dropout, for classifier-free guidance
+    feedback_prob: float = 0.5  # Algorithm 1: probability of the second pass with feedback
+    p_mean: float = 1.0  # ln sigma ~ N(p_mean, p_std^2), eq. above (5)
+    p_std: float = 1.6
+    recon_weight: float = 1.0
+    alpha_weight: float = 1.0
+    lpips_weight: float = 0.0  # 0 on CPU: LPIPS needs pretrained weights this machine cannot fetch
+    checkpoint_every: int = 50
+    log_every: int = 10
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    def validate(self, key: str) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(self.lr > 0, f"{key}.lr", "must be positive")
+        _check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must lie in [0, 1)")
+        for name in ("cond_dropout", "feedback_prob"):
+            _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must lie in [0, 1]")
+        _check(self.p_std > 0, f"{key}.p_std", "must be positive")
+        for name in ("recon_weight", "alpha_weight", "lpips_weight", "weight_decay", "grad_clip", "warmup_steps"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    steps: int = 25
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    guidance: tuple[float, float] = (1.0, 2.5)  # SVD's per-view scale, input view to last view
+    feedback_start: float = 0.0  # feed back from this fraction of the steps on (Table 3)
+    sampler: Literal["euler", "heun"] = "euler"
+
+    def validate(self, key: str) -> None:
+        _check(self.steps >= 1, f"{key}.steps", "must be >= 1")
+        _check(0 < self.sigma_min < self.sigma_max, f"{key}.sigma_min", "need 0 < sigma_min < sigma_max")
+        _check(min(self.guidance) >= 1.0, f"{key}.guidance", f"scales must be >= 1, got {list(self.guidance)}")
+        _check(0 <= self.feedback_start <= 1, f"{key}.feedback_start", "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     preset: str = "cpu-small"
@@ -120,6 +214,9 @@ class Params:
     camera: CameraParams = field(default_factory=CameraParams)
     ccm: CCMParams = field(default_factory=CCMParams)
     data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    sample: SampleParams = field(default_factory=SampleParams)
 
     def validate(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
@@ -133,6 +230,10 @@ class Params:
         self.camera.validate("camera")
         self.ccm.validate("ccm")
         self.data.validate("data")
+        _check(self.joint or not self.feedback, "joint", "3D feedback needs joint training (set feedback=false)")
+        self.model.validate("model", self.camera.num_views)
+        self.train.validate("train")
+        self.sample.validate("sample")
 
     @property
     def feedback_ccm(self) -> bool:
@@ -168,6 +269,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         _check(len(value) == len(args), key, f"must have {len(args)} entries, got {list(value)}")
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False)))
+    if tp is dict:
+        _check(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        return value
     if tp is bool:
         _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
         return value

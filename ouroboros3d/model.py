@@ -1,0 +1,315 @@
+"""Ouroboros3D: the denoiser, the reconstructor and the 3D feedback loop between them.
+
+:class:`Ouroboros3D` holds the parts (latent autoencoder, image encoder, the EDM-wrapped
+multi-view denoiser F, the Gaussian reconstructor G) and the one step they share, from an
+x0 prediction to feedback maps: decode, reconstruct Gaussians, render them at the views'
+cameras into an RGB texture map and a canonical coordinate map (:meth:`reconstruct`).
+
+:func:`training_losses` is Algorithm 1 and :func:`sample` is Algorithm 2 of the
+supplementary; the recursion runs through the EDM sampler's callback.
+
+Tensor conventions: images are (B, V, 3, H, W) in [0, 1], view 0 is the input view;
+cameras are ``K`` (B, V, 3, 3) and ``c2w`` (B, V, 4, 4) in the convention of
+:mod:`ouroboros3d.cameras`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import edm
+from .cameras import plucker_rays
+from .ccm import CCMNormalization, depth_to_ccm
+from .gaussians import Gaussians
+from .splatting import render
+
+__all__ = ["Ouroboros3D", "Reconstruction", "SampleResult", "StepRecord", "sample", "training_losses"]
+
+
+@dataclass
+class Reconstruction:
+    """G's output for one x0 prediction and its renders at the batch's cameras."""
+
+    gaussians: Gaussians
+    rgb: torch.Tensor  # (B, V, 3, H, W) over a white background
+    alpha: torch.Tensor  # (B, V, 1, H, W)
+    ccm: torch.Tensor  # (B, V, 3, H, W)
+
+    def feedback(self, maps: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The maps fed back to the denoiser (eq. 10-11), detached: feedback is conditioning."""
+        return {name: getattr(self, name).detach() for name in maps}
+
+
+class Ouroboros3D(nn.Module):
+    """The model: ``autoencoder`` (pixel or VAE latents), ``denoiser`` = EDMPrecond(F) where
+    F owns its image encoder and feedback networks, and the Gaussian ``reconstructor`` G.
+
+    The maps fed back are those F has feedback networks for; F built without any is the
+    no-feedback model.
+    """
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        denoiser_net: nn.Module,
+        reconstructor: nn.Module,
+        *,
+        recon_views: Sequence[int] = (0, 2, 4, 6),
+        ccm_norm: CCMNormalization = CCMNormalization(),
+        joint: bool = True,
+    ):
+        super().__init__()
+        feedback_maps = tuple(denoiser_net.feedback_networks)
+        if feedback_maps and not joint:
+            raise ValueError("3D feedback needs joint training: the paper's Table 2 has no feedback without it")
+        self.autoencoder = autoencoder
+        self.denoiser = edm.EDMPrecond(denoiser_net)
+        self.reconstructor = reconstructor
+        self.feedback_maps = feedback_maps
+        self.recon_views = list(recon_views)
+        self.ccm_norm = ccm_norm
+        # joint: G learns from F's noisy predictions and sees sigma; otherwise from clean views
+        self.joint = joint
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator, **kwargs) -> dict:
+        """Algorithm 1's losses (see :func:`training_losses`); ``forward`` so DDP can wrap the model."""
+        return training_losses(self, batch, generator, **kwargs)
+
+    @property
+    def has_feedback(self) -> bool:
+        return bool(self.feedback_maps)
+
+    # --- conditioning ------------------------------------------------------------
+
+    def condition(self, input_view: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, drop=None) -> dict:
+        """Denoiser conditioning: the input view's latent and embedding, per-view Plücker rays.
+
+        ``drop`` (B,) bool zeroes the image conditioning of those samples (classifier-free
+        guidance's unconditional branch, and conditioning dropout in training).
+        """
+        cond_latent = self.autoencoder.encode(input_view[:, None])[:, 0]
+        cond_embedding = self.denoiser.net.encode_image(input_view)
+        if drop is not None:
+            keep = (~drop).to(cond_latent.dtype)
+            cond_latent = cond_latent * keep.view(-1, 1, 1, 1)
+            cond_embedding = cond_embedding * keep.view(-1, 1, 1)
+        h, w = cond_latent.shape[-2:]
+        return {
+            "cond_latent": cond_latent,
+            "cond_embedding": cond_embedding,
+            "plucker": plucker_rays(_scale_intrinsics(K, h / input_view.shape[-2]), c2w, h, w),
+        }
+
+    def zero_feedback(self, like: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Feedback at the first step (and outside the feedback window): all-zero maps."""
+        if not self.has_feedback:
+            return None
+        return {name: torch.zeros_like(like) for name in self.feedback_maps}
+
+    # --- the 3D side ---------------------------------------------------------------
+
+    def reconstruct(
+        self, images: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, sigma: torch.Tensor | None
+    ) -> Reconstruction:
+        """Gaussians from ``images`` (B, V, 3, H, W) seen by ``recon_views``, rendered at all V views.
+
+        ``sigma`` (B,) is the noise level of the prediction G sees; a separately trained G
+        (``joint=False``) only ever saw clean views and gets None.
+        """
+        sigma = sigma if self.joint else None
+        height, width = images.shape[-2:]
+        idx = self.recon_views
+        size = self.reconstructor.image_size
+        inputs = images[:, idx]
+        if size != height:
+            inputs = F.interpolate(inputs.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True)
+            inputs = inputs.unflatten(0, (images.shape[0], len(idx)))
+        rays = plucker_rays(_scale_intrinsics(K[:, idx], size / height), c2w[:, idx], size, size)
+        gaussians = self.reconstructor(inputs, rays, sigma)
+        out = render(gaussians, K, c2w, width, height)
+        ccm = depth_to_ccm(out.depth, K, c2w, self.ccm_norm)
+        return Reconstruction(gaussians, out.rgb, out.alpha, ccm)
+
+
+def _scale_intrinsics(K: torch.Tensor, factor: float) -> torch.Tensor:
+    """Intrinsics of the same camera on an image resized by ``factor``."""
+    if factor == 1:
+        return K
+    scale = K.new_tensor([factor, factor, 1.0])
+    return K * scale[:, None]
+
+
+# --- Algorithm 1 -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    recon: float = 1.0  # the reconstruction loss against the multi-view loss
+    alpha: float = 1.0  # silhouette MSE inside the reconstruction loss (LGM's mask loss)
+    lpips: float = 0.0  # LPIPS inside the reconstruction loss; needs pretrained weights
+
+
+def training_losses(
+    model: Ouroboros3D,
+    batch: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    feedback_prob: float = 0.5,
+    cond_dropout: float = 0.1,
+    p_mean: float = 1.0,
+    p_std: float = 1.6,
+    weights: LossWeights = LossWeights(),
+    lpips: nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
+    """One training example's losses, Algorithm 1.
+
+    A model built with ``joint=False`` trains G on the ground-truth views instead of F's
+    predictions (the "no joint training" row of Table 2): no gradient passes between F and G.
+    All randomness comes from ``generator`` so a step is reproducible from its seed.
+    """
+    views, K, c2w = batch["views"], batch["K"], batch["c2w"]
+    b = views.shape[0]
+    device = views.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(device)
+
+    x = model.autoencoder.encode(views)
+    sigma = edm.sample_training_sigma(b, p_mean, p_std, generator).to(device)
+    noise = torch.randn(x.shape, generator=generator).to(x)
+    noisy_x = x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise
+    cond = model.condition(batch["input_view"], K, c2w, drop=rand(b) < cond_dropout)
+
+    pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
+    pred_i = model.autoencoder.decode(pred_x)
+    recon = model.reconstruct(pred_i if model.joint else views, K, c2w, sigma)
+    second_pass = model.has_feedback and rand(()).item() > 1 - feedback_prob
+    if second_pass:
+        pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=recon.feedback(model.feedback_maps))
+
+    loss_mv = (edm.loss_weight(sigma) * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
+    loss_rgb = F.mse_loss(recon.rgb, views)
+    loss_alpha = F.mse_loss(recon.alpha, batch["alpha"])
+    loss_recon = loss_rgb + weights.alpha * loss_alpha
+    out = {"loss_mv": loss_mv, "loss_rgb": loss_rgb, "loss_alpha": loss_alpha}
+    if weights.lpips > 0:
+        if lpips is None:
+            raise ValueError("an LPIPS weight > 0 needs an LPIPS model (ouroboros3d.perceptual.load_lpips)")
+        loss_lpips = lpips(recon.rgb.flatten(0, 1) * 2 - 1, views.flatten(0, 1) * 2 - 1).mean()
+        loss_recon = loss_recon + weights.lpips * loss_lpips
+        out["loss_lpips"] = loss_lpips
+    out["loss_recon"] = loss_recon
+    out["loss"] = loss_mv + weights.recon * loss_recon
+    out["second_pass"] = torch.tensor(float(second_pass))
+    return out
+
+
+# --- Algorithm 2 -------------------------------------------------------------------
+
+
+@dataclass
+class StepRecord:
+    """What the recursive loop produced at one denoising step (for the step figures)."""
+
+    i: int
+    sigma: float
+    views: torch.Tensor  # decoded x0 prediction (B, V, 3, H, W)
+    recon: Reconstruction
+    fed_back: bool  # whether this step's maps conditioned the next step
+
+
+@dataclass
+class SampleResult:
+    views: torch.Tensor  # final generated views (B, V, 3, H, W) in [0, 1]
+    gaussians: Gaussians | None  # the last step's reconstruction (None without G in the loop)
+    recon: Reconstruction | None
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+def guidance_scales(num_views: int, min_scale: float, max_scale: float) -> torch.Tensor:
+    """SVD's per-frame guidance: linear from ``min_scale`` at the input view to ``max_scale``."""
+    return torch.linspace(min_scale, max_scale, num_views)
+
+
+def feedback_window(num_steps: int, start: float) -> list[bool]:
+    """Which steps' reconstructions are fed back: those at or after ``start`` of the way.
+
+    ``start`` = 0 feeds back at every step (Table 3's "0-25"), 0.4 in the last 60% of the
+    steps ("10-25"), 0.8 in the last 20% ("20-25").
+    """
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"feedback start must lie in [0, 1], got {start}")
+    first = round(start * num_steps)
+    return [i >= first for i in range(num_steps)]
+
+
+@torch.no_grad()
+def sample(
+    model: Ouroboros3D,
+    input_view: torch.Tensor,
+    K: torch.Tensor,
+    c2w: torch.Tensor,
+    *,
+    steps: int = 25,
+    sigma_min: float = 0.002,
+    sigma_max: float = 700.0,
+    guidance: tuple[float, float] = (1.0, 2.5),
+    feedback_start: float = 0.0,
+    recursive: bool = True,
+    generator: torch.Generator | None = None,
+    keep_steps: bool = False,
+    sampler=edm.sample_euler,
+) -> SampleResult:
+    """Algorithm 2: generate V views of ``input_view`` (B, 3, H, W) and their 3D Gaussians.
+
+    At every step the callback decodes the x0 prediction, reconstructs and renders it, and
+    returns the RGB/CCM maps as the next step's feedback (zeros outside the feedback
+    window). With ``recursive=False`` the loop is plain multi-view diffusion and G runs
+    once on the final views ("generate, then reconstruct").
+    """
+    b, v = input_view.shape[0], K.shape[1]
+    height, width = input_view.shape[-2:]
+    cond = model.condition(input_view, K, c2w)
+    shape = (b, v, model.autoencoder.latent_channels, *cond["cond_latent"].shape[-2:])
+    sigmas = edm.karras_sigmas(steps, sigma_min, sigma_max).to(input_view.device)
+    x = sigmas[0] * torch.randn(shape, generator=generator).to(input_view)
+    like = torch.zeros(b, v, 3, height, width, device=input_view.device, dtype=input_view.dtype)
+    zeros = model.zero_feedback(like)
+    window = feedback_window(steps, feedback_start)
+    scales = guidance_scales(v, *guidance).to(x).view(1, v, 1, 1, 1)
+    uncond = model.condition(input_view, K, c2w, drop=torch.ones(b, dtype=torch.bool, device=x.device))
+
+    def denoiser(x, sigma, feedback=None, **c):
+        out = model.denoiser(x, sigma, **c, feedback=feedback)
+        if guidance[1] == 1.0 and guidance[0] == 1.0:
+            return out
+        out_uncond = model.denoiser(x, sigma, **uncond, feedback=feedback)
+        return out_uncond + scales * (out - out_uncond)
+
+    records: list[StepRecord] = []
+    last: list[Reconstruction | None] = [None]
+
+    def callback(info):
+        if not recursive:
+            return None
+        views = model.autoencoder.decode(info["denoised"]).clamp(0, 1)
+        recon = model.reconstruct(views, K, c2w, info["sigma"].expand(b))
+        last[0] = recon
+        fed = model.has_feedback and info["i"] + 1 < steps and window[info["i"] + 1]
+        if keep_steps:
+            records.append(StepRecord(info["i"], float(info["sigma"]), views, recon, fed))
+        if not model.has_feedback:
+            return None
+        return {"feedback": recon.feedback(model.feedback_maps) if fed else zeros}
+
+    x = sampler(denoiser, x, sigmas, callback=callback, cond={**cond, "feedback": zeros})
+    views = model.autoencoder.decode(x).clamp(0, 1)
+    recon = last[0]
+    if not recursive:
+        recon = model.reconstruct(views, K, c2w, sigmas[-2].expand(b))
+    return SampleResult(views, recon.gaussians, recon, records)

@@ -1,0 +1,251 @@
+"""Joint training loop (Algorithm 1) with accelerate, EMA, and exact resume.
+
+Every source of randomness in a step is derived from ``(seed, step)``: the batch's object
+indices and the generator passed to :func:`ouroboros3d.model.training_losses`. A run
+killed at any point and resumed from its last checkpoint (weights, EMA, optimizer state,
+all in one safetensors file written atomically) therefore continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainSettings
+from .io import save_tensors
+from .model import LossWeights, Ouroboros3D
+
+__all__ = ["EMA", "TrainSettings", "batch_indices", "load_checkpoint", "save_checkpoint", "train"]
+
+LOG_FIELDS = ("step", "loss", "loss_mv", "loss_recon", "loss_rgb", "loss_alpha", "lr", "seconds")
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for k, p in model.named_parameters():
+            p.copy_(self.shadow[k])
+
+
+def batch_indices(num_items: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The dataset indices of training step ``step``: epochs of seeded permutations."""
+    start = step * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_items)
+        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return out
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, step: int, fingerprint: str
+) -> None:
+    """Weights, EMA and AdamW state in one safetensors file, replaced atomically."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+    names = {id(p): k for k, p in model.named_parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        groups.append(
+            {k: v for k, v in group.items() if k != "params"} | {"params": [names[id(p)] for p in group["params"]]}
+        )
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
+    metadata = {"step": str(step), "fingerprint": fingerprint, "param_groups": json.dumps(groups)}
+    save_tensors(path, tensors, metadata)
+
+
+def checkpoint_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, device: torch.device | str = "cpu"
+) -> int:
+    """Restore a :func:`save_checkpoint` file; returns the step it was written at."""
+    tensors = load_file(str(path))
+    meta = checkpoint_metadata(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for k in ema.shadow:
+        ema.shadow[k].copy_(tensors[f"ema.{k}"])
+    params = dict(model.named_parameters())
+    for group, saved in zip(optimizer.param_groups, json.loads(meta["param_groups"]), strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+        for name in saved["params"]:
+            prefix = f"optim.{name}"
+            state = {k.rsplit(".", 1)[1]: v.to(device) for k, v in tensors.items() if k.rsplit(".", 1)[0] == prefix}
+            if state:
+                optimizer.state[params[name]] = state
+    return int(meta["step"])
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+def _lr_factor(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _collate(items: Sequence[dict], device: torch.device) -> dict[str, torch.Tensor]:
+    keys = [k for k, v in items[0].items() if isinstance(v, torch.Tensor)]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in keys}
+
+
+def _rewrite_log(path: Path, upto_step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from, so curves have no repeats."""
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(
+    model: Ouroboros3D,
+    dataset,
+    settings: TrainSettings,
+    checkpoint_dir: Path,
+    log_path: Path,
+    *,
+    seed: int,
+    fingerprint: str,
+    lpips: nn.Module | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint_dir/last.safetensors``.
+
+    A checkpoint whose fingerprint (a hash of the params that shape training) differs is
+    not resumed: training starts over and says so. ``stop_after`` ends the run early after
+    that many steps of this call (tests use it to simulate a kill). Returns a summary.
+    """
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=settings.mixed_precision, step_scheduler_with_optimizer=False
+    )
+    checkpoint_dir, log_path = Path(checkpoint_dir), Path(log_path)
+    last = checkpoint_dir / "last.safetensors"
+    model.to(accelerator.device)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    ema = EMA(model, settings.ema_decay)
+    start = 0
+    if last.exists():
+        meta = checkpoint_metadata(last)
+        if meta.get("fingerprint") == fingerprint:
+            start = load_checkpoint(last, model, ema, optimizer, accelerator.device)
+            accelerator.print(f"resuming from {last} at step {start}")
+        else:
+            accelerator.print(f"{last} was written with other params: training from scratch")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if start == 0:
+        log_path.unlink(missing_ok=True)
+    _rewrite_log(log_path, start)
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=settings.steps, disable=not progress or rank, desc="train")
+    new_log = not log_path.exists()
+    log_file = log_path.open("a", newline="")
+    writer = csv.DictWriter(log_file, LOG_FIELDS)
+    if new_log:
+        writer.writeheader()
+    t0 = time.perf_counter()
+    losses: dict = {}
+    model.train()
+    try:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * _lr_factor(step, settings)
+            idx = batch_indices(len(dataset), settings.batch_size * world, step, seed)
+            batch = _collate([dataset[i] for i in idx[rank::world]], accelerator.device)
+            with accelerator.autocast():
+                losses = model(
+                    batch,
+                    step_generator(seed, step),
+                    feedback_prob=settings.feedback_prob,
+                    cond_dropout=settings.cond_dropout,
+                    p_mean=settings.p_mean,
+                    p_std=settings.p_std,
+                    weights=weights,
+                    lpips=lpips,
+                )
+            if not torch.isfinite(losses["loss"]):
+                raise FloatingPointError(f"loss is {losses['loss'].item()} at step {step}; last checkpoint kept")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(losses["loss"])
+            accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            ema.update(accelerator.unwrap_model(model))
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            bar.set_postfix(
+                loss=f"{values['loss']:.4f}", mv=f"{values['loss_mv']:.4f}", rec=f"{values['loss_recon']:.4f}"
+            )
+            done = step + 1
+            if rank == 0 and (done % settings.log_every == 0 or done == settings.steps):
+                row = {k: values.get(k, "") for k in LOG_FIELDS} | {"step": done}
+                row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
+                writer.writerow(row)
+                log_file.flush()
+            if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
+                save_checkpoint(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint)
+            if on_step is not None:
+                on_step(done, values)
+    finally:
+        log_file.close()
+        bar.close()
+    accelerator.wait_for_everyone()
+    return {
+        "steps": end,
+        "finished": end == settings.steps,
+        "seconds": time.perf_counter() - t0,
+        "final_losses": {k: float(v.detach()) for k, v in losses.items()},
+        "ema": ema,
+        "settings": asdict(settings),
+    }

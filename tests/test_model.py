@@ -1,0 +1,182 @@
+"""Algorithm 1 (joint training losses) and Algorithm 2 (recursive sampling) on a tiny model."""
+
+import pytest
+import torch
+from conftest import synthetic_batch, tiny_params
+
+from ouroboros3d import edm
+from ouroboros3d.build import build_model
+from ouroboros3d.model import Ouroboros3D, feedback_window, guidance_scales, sample
+
+
+def _model(**changes) -> tuple[Ouroboros3D, object]:
+    torch.manual_seed(0)
+    params = tiny_params(**changes)
+    return build_model(params), params
+
+
+def test_training_losses_are_finite_and_every_part_gets_gradients():
+    model, params = _model()
+    # perturb the feedback networks' zero-initialised output convs so gradients reach inside them
+    with torch.no_grad():
+        for name, p in model.denoiser.net.feedback_networks.named_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    losses = model(synthetic_batch(params), torch.Generator().manual_seed(0), feedback_prob=1.0)
+    assert losses["second_pass"] == 1.0
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    parts = {
+        "unet": model.denoiser.net.unet,
+        "camera": model.denoiser.net.camera,
+        "image_encoder": model.denoiser.net.image_encoder,
+        "feedback.ccm": model.denoiser.net.feedback_networks["ccm"],
+        "feedback.rgb": model.denoiser.net.feedback_networks["rgb"],
+        "reconstructor": model.reconstructor,
+    }
+    for name, part in parts.items():
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads, f"no gradient reached {name}"
+        assert sum(g.abs().sum() for g in grads) > 0, f"zero gradient in {name}"
+
+
+def test_joint_training_sends_the_reconstruction_loss_into_the_denoiser():
+    for joint, expect_grad in [(True, True), (False, False)]:
+        model, params = _model(joint=joint, feedback=joint)
+        losses = model(synthetic_batch(params), torch.Generator().manual_seed(0), feedback_prob=0.0)
+        losses["loss_recon"].backward()
+        grads = [p.grad for p in model.denoiser.net.unet.parameters() if p.grad is not None]
+        reached = bool(grads) and sum(g.abs().sum() for g in grads) > 0
+        assert reached == expect_grad, f"joint={joint}"
+
+
+def test_feedback_false_removes_the_feedback_path():
+    model, params = _model(feedback=False)
+    assert not model.has_feedback
+    assert len(model.denoiser.net.feedback_networks) == 0
+    assert not any("feedback" in n for n, _ in model.named_parameters())
+    losses = model(synthetic_batch(params), torch.Generator().manual_seed(0), feedback_prob=1.0)
+    assert losses["second_pass"] == 0.0
+    assert model.zero_feedback(torch.zeros(1)) is None
+
+
+def test_feedback_map_selection_builds_only_those_networks():
+    model, _ = _model(feedback_maps=["ccm"])
+    assert model.feedback_maps == ("ccm",)
+    assert list(model.denoiser.net.feedback_networks) == ["ccm"]
+
+
+def test_untrained_feedback_changes_nothing_and_trained_feedback_changes_the_prediction():
+    model, params = _model()
+    batch = synthetic_batch(params)
+    cond = model.condition(batch["input_view"], batch["K"], batch["c2w"])
+    x = torch.randn(2, params.camera.num_views, 3, 16, 16)
+    sigma = torch.tensor([1.0, 5.0])
+    maps = {"ccm": torch.rand_like(batch["views"]), "rgb": torch.rand_like(batch["views"])}
+    with torch.no_grad():
+        zero = model.denoiser(x, sigma, **cond, feedback=model.zero_feedback(batch["views"]))
+        fed = model.denoiser(x, sigma, **cond, feedback=maps)
+        torch.testing.assert_close(fed, zero, rtol=0, atol=0)
+        for p in model.denoiser.net.feedback_networks.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        changed = model.denoiser(x, sigma, **cond, feedback=maps)
+    assert (changed - zero).abs().max() > 1e-4
+
+
+def test_reconstruction_renders_rgb_alpha_and_a_ccm_consistent_with_its_depth():
+    model, params = _model()
+    batch = synthetic_batch(params)
+    recon = model.reconstruct(batch["views"], batch["K"], batch["c2w"], torch.tensor([1.0, 1.0]))
+    b, v = 2, params.camera.num_views
+    assert recon.rgb.shape == (b, v, 3, 16, 16) and recon.ccm.shape == (b, v, 3, 16, 16)
+    assert recon.alpha.shape == (b, v, 1, 16, 16)
+    assert recon.ccm.min() >= 0 and recon.ccm.max() <= 1
+    g = model.reconstructor.splat_size
+    assert recon.gaussians.means.shape == (b, len(params.model.recon_views) * g * g, 3)
+    fb = recon.feedback(("ccm", "rgb"))
+    assert set(fb) == {"ccm", "rgb"} and not fb["rgb"].requires_grad
+
+
+def test_feedback_window_matches_table_3_settings():
+    assert feedback_window(25, 0.0) == [True] * 25
+    assert feedback_window(25, 0.4) == [False] * 10 + [True] * 15
+    assert feedback_window(25, 0.8) == [False] * 20 + [True] * 5
+    with pytest.raises(ValueError):
+        feedback_window(25, 1.5)
+
+
+def test_guidance_rises_linearly_from_the_input_view():
+    torch.testing.assert_close(guidance_scales(5, 1.0, 3.0), torch.tensor([1.0, 1.5, 2.0, 2.5, 3.0]))
+
+
+class _Spy(torch.nn.Module):
+    """Wraps a denoiser network and records the feedback it receives at each call."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def forward(self, *args, feedback=None, **kw):
+        self.seen.append(None if feedback is None else {k: float(v.abs().sum()) for k, v in feedback.items()})
+        return self.net(*args, feedback=feedback, **kw)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.net, name)
+
+
+@pytest.mark.parametrize("start,fed_steps", [(0.0, [1, 2, 3]), (0.5, [2, 3])])
+def test_algorithm_2_feeds_each_reconstruction_into_the_next_step(start, fed_steps):
+    model, params = _model()
+    spy = _Spy(model.denoiser.net)
+    model.denoiser = edm.EDMPrecond(spy)
+    batch = synthetic_batch(params)
+    out = sample(
+        model,
+        batch["input_view"],
+        batch["K"],
+        batch["c2w"],
+        steps=4,
+        guidance=(1.0, 1.0),
+        feedback_start=start,
+        generator=torch.Generator().manual_seed(0),
+        keep_steps=True,
+    )
+    # step 0 always sees zero maps; step i > 0 sees step i-1's renders inside the window
+    nonzero = [i for i, s in enumerate(spy.seen) if s and all(v > 0 for v in s.values())]
+    assert spy.seen[0] == {"ccm": 0.0, "rgb": 0.0}
+    assert nonzero == fed_steps
+    assert [r.fed_back for r in out.steps] == [i + 1 in fed_steps for i in range(4)]
+    assert out.views.shape == batch["views"].shape
+    assert 0 <= out.views.min() and out.views.max() <= 1
+    assert out.gaussians is out.steps[-1].recon.gaussians
+
+
+def test_sampling_is_deterministic_given_the_seed_and_runs_without_feedback():
+    model, params = _model(feedback=False)
+    batch = synthetic_batch(params)
+
+    def run(recursive):
+        return sample(
+            model,
+            batch["input_view"],
+            batch["K"],
+            batch["c2w"],
+            steps=3,
+            recursive=recursive,
+            generator=torch.Generator().manual_seed(3),
+        )
+
+    a, b, c = run(True), run(True), run(False)
+    torch.testing.assert_close(a.views, b.views, rtol=0, atol=0)
+    # without feedback the recursion cannot change the views, only when G runs
+    torch.testing.assert_close(a.views, c.views, rtol=0, atol=0)
+    assert c.gaussians is not None and not c.steps
+
+
+def test_feedback_without_joint_training_is_rejected():
+    from ouroboros3d.config import ParamsError
+
+    with pytest.raises(ParamsError, match="joint"):
+        tiny_params(joint=False)
