@@ -19,7 +19,7 @@ def test_training_losses_are_finite_and_every_part_gets_gradients():
     model, params = _model()
     # perturb the feedback networks' zero-initialised output convs so gradients reach inside them
     with torch.no_grad():
-        for name, p in model.denoiser.net.feedback_networks.named_parameters():
+        for p in model.denoiser.net.feedback_networks.parameters():
             p.add_(0.01 * torch.randn_like(p))
     losses = model(synthetic_batch(params), torch.Generator().manual_seed(0), feedback_prob=1.0)
     assert losses["second_pass"] == 1.0
