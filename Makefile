@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
+# DVC stage commands call `python`: make it the venv's
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: repro test lint venv clean-venv
 
