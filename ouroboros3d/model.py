@@ -260,7 +260,7 @@ def sample(
     sigma_max: float = 700.0,
     guidance: tuple[float, float] = (1.0, 2.5),
     feedback_start: float = 0.0,
-    recursive: bool = True,
+    reconstruct: str = "every_step",
     generator: torch.Generator | None = None,
     keep_steps: bool = False,
     sampler=edm.sample_euler,
@@ -269,9 +269,12 @@ def sample(
 
     At every step the callback decodes the x0 prediction, reconstructs and renders it, and
     returns the RGB/CCM maps as the next step's feedback (zeros outside the feedback
-    window). With ``recursive=False`` the loop is plain multi-view diffusion and G runs
-    once on the final views ("generate, then reconstruct").
+    window). ``reconstruct`` = "final" makes the loop plain multi-view diffusion with G run
+    once on the final views ("generate, then reconstruct"); "none" skips G altogether.
     """
+    if reconstruct not in ("every_step", "final", "none"):
+        raise ValueError(f"reconstruct must be every_step, final or none, got {reconstruct!r}")
+    recursive = reconstruct == "every_step"
     b, v = input_view.shape[0], K.shape[1]
     height, width = input_view.shape[-2:]
     cond = model.condition(input_view, K, c2w)
@@ -310,6 +313,6 @@ def sample(
     x = sampler(denoiser, x, sigmas, callback=callback, cond={**cond, "feedback": zeros})
     views = model.autoencoder.decode(x).clamp(0, 1)
     recon = last[0]
-    if not recursive:
+    if reconstruct == "final":
         recon = model.reconstruct(views, K, c2w, sigmas[-2].expand(b))
-    return SampleResult(views, recon.gaussians, recon, records)
+    return SampleResult(views, None if recon is None else recon.gaussians, recon, records)

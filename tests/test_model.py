@@ -157,22 +157,24 @@ def test_sampling_is_deterministic_given_the_seed_and_runs_without_feedback():
     model, params = _model(feedback=False)
     batch = synthetic_batch(params)
 
-    def run(recursive):
+    def run(mode):
         return sample(
             model,
             batch["input_view"],
             batch["K"],
             batch["c2w"],
             steps=3,
-            recursive=recursive,
+            reconstruct=mode,
             generator=torch.Generator().manual_seed(3),
         )
 
-    a, b, c = run(True), run(True), run(False)
+    a, b, c, d = run("every_step"), run("every_step"), run("final"), run("none")
     torch.testing.assert_close(a.views, b.views, rtol=0, atol=0)
     # without feedback the recursion cannot change the views, only when G runs
     torch.testing.assert_close(a.views, c.views, rtol=0, atol=0)
+    torch.testing.assert_close(a.views, d.views, rtol=0, atol=0)
     assert c.gaussians is not None and not c.steps
+    assert d.gaussians is None and d.recon is None
 
 
 def test_feedback_without_joint_training_is_rejected():
