@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ from ouroboros3d import cameras
 from ouroboros3d.config import _deep_merge, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist every worker gets one thread: two workers x two OpenMP threads on two
+# cores spin-wait on each other and run 10-100x slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 TINY = {
     "data": {

@@ -1,0 +1,556 @@
+"""The multi-view denoiser ``F``: SVD's spatio-temporal UNet with cameras and 3D feedback.
+
+The network is diffusers' :class:`~diffusers.UNetSpatioTemporalConditionModel` (Stable
+Video Diffusion's architecture). The V views of an object are its frames, so its temporal
+layers are the cross-view attention. Around it we add, as the paper's implementation:
+
+* the SVD conditioning: the input view's latent ``cond_latent`` is concatenated on channels
+  to every view's noisy input (UNet ``in_channels = 2 C``) and one image token
+  ``cond_embedding`` (B, T, D) is the cross-attention context (:class:`ImageEncoder` makes
+  it: a small CNN for from-scratch presets, or a frozen CLIP image encoder loaded from a
+  local folder for the paper preset);
+* camera conditioning: per-pixel Plücker rays -> harmonic embedding -> 1x1-conv MLP
+  (:class:`CameraEmbedding`), added to the hidden states before every down, mid and up
+  block, pooled to the block's resolution and projected to its channels. The projections
+  are zero-initialised, so adding cameras to a pretrained SVD starts neutral;
+* 3D feedback (supplementary eq. 10-12): one :class:`~ouroboros3d.feedback.FeedbackNetwork`
+  per fed-back map ("ccm" = ``F^0``, "rgb" = ``F^1``); their per-scale features are summed
+  and added to the encoder feature ``F_enc^i`` of down block i, after the block's
+  resnets/attentions and before its downsampler (so both the skip connection and the next
+  level see them; T2I-Adapter's injection point). For a 64² latent this is at 64, 32, 16
+  and 8, Table 1's resolutions.
+
+SVD's "added time ids" (fps, motion bucket, noise augmentation) are kept, so SVD's
+checkpoint loads unchanged, but fed a constant vector (``DenoiserConfig.added_time_ids``,
+by default SVD's own inference defaults fps-1 = 6, motion bucket 127, augmentation 0.02):
+multi-view generation has no frame rate or motion, and with a constant input the
+add-embedding is only a learned bias.
+
+:meth:`MultiViewDenoiser.forward` walks the UNet's blocks itself (diffusers' forward takes
+no extra residuals); with no feedback and neutral cameras it reproduces
+``UNetSpatioTemporalConditionModel.forward`` exactly. The network knows nothing of EDM:
+``c_noise`` goes straight into the UNet's timestep embedding, as SVD does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNetSpatioTemporalConditionModel
+from torch import nn
+
+from .feedback import FeedbackNetwork
+
+__all__ = [
+    "FEEDBACK_MAPS",
+    "CameraEmbedding",
+    "DenoiserConfig",
+    "ImageEncoder",
+    "MultiViewDenoiser",
+    "count_parameters",
+    "harmonic_embedding",
+    "parameter_summary",
+]
+
+FEEDBACK_MAPS = ("ccm", "rgb")
+IMAGE_ENCODERS = ("cnn", "clip", "none")
+
+SVD_DOWN_BLOCKS = (
+    "CrossAttnDownBlockSpatioTemporal",
+    "CrossAttnDownBlockSpatioTemporal",
+    "CrossAttnDownBlockSpatioTemporal",
+    "DownBlockSpatioTemporal",
+)
+SVD_UP_BLOCKS = (
+    "UpBlockSpatioTemporal",
+    "CrossAttnUpBlockSpatioTemporal",
+    "CrossAttnUpBlockSpatioTemporal",
+    "CrossAttnUpBlockSpatioTemporal",
+)
+# Small presets: no spatial attention at the full-resolution level (it dominates CPU time).
+NO_ATTENTION_AT_TOP_DOWN = (
+    "DownBlockSpatioTemporal",
+    "CrossAttnDownBlockSpatioTemporal",
+    "CrossAttnDownBlockSpatioTemporal",
+    "CrossAttnDownBlockSpatioTemporal",
+)
+NO_ATTENTION_AT_TOP_UP = (
+    "CrossAttnUpBlockSpatioTemporal",
+    "CrossAttnUpBlockSpatioTemporal",
+    "CrossAttnUpBlockSpatioTemporal",
+    "UpBlockSpatioTemporal",
+)
+
+# CLIP's image normalisation (the openai/laion CLIP preprocessors).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Plain sizes of :class:`MultiViewDenoiser`; the defaults are the ``paper`` preset (SVD's UNet).
+
+    ``latent_channels`` is C of the denoised tensor (4 for SVD's VAE latents, 3 in pixel
+    space); the UNet takes ``2 C`` channels (noisy views + the input view's latent).
+    ``sample_size`` is the latent resolution h = w. Feedback maps come at image resolution
+    ``sample_size * feedback_unshuffle`` (512 = 64 x 8 in the paper).
+    """
+
+    latent_channels: int = 4
+    sample_size: int = 64
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    down_block_types: tuple[str, ...] = SVD_DOWN_BLOCKS
+    up_block_types: tuple[str, ...] = SVD_UP_BLOCKS
+    layers_per_block: int = 2
+    transformer_layers_per_block: int = 1
+    num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)
+    cross_attention_dim: int = 1024
+    addition_time_embed_dim: int = 256
+    added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
+    # "cnn": learned from scratch; "clip": frozen CLIPVisionModelWithProjection from a local
+    # folder (image_encoder_path); "none": the caller supplies cond_embedding itself.
+    image_encoder: str = "clip"
+    image_encoder_path: str | None = None
+    image_encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
+    feedback_maps: tuple[str, ...] = FEEDBACK_MAPS
+    feedback_unshuffle: int = 8
+    feedback_blocks_per_scale: int = 3
+    camera_frequencies: int = 6
+    camera_embed_dim: int = 128
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        # Sequences from params.yaml arrive as lists: store tuples so configs compare and hash.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        n = len(self.block_out_channels)
+        if not (len(self.down_block_types) == len(self.up_block_types) == len(self.num_attention_heads) == n):
+            raise ValueError("block_out_channels, down/up_block_types and num_attention_heads must have equal lengths")
+        bad = [m for m in self.feedback_maps if m not in FEEDBACK_MAPS]
+        if bad or len(set(self.feedback_maps)) != len(self.feedback_maps):
+            raise ValueError(f"feedback_maps must be distinct names from {FEEDBACK_MAPS}, got {self.feedback_maps}")
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
+        if not self.added_time_ids:
+            raise ValueError("need at least one added time id (SVD has 3)")
+
+    @property
+    def image_size(self) -> int:
+        """Resolution of the feedback maps (and of the images in pixel space)."""
+        return self.sample_size * self.feedback_unshuffle
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> DenoiserConfig:
+        """``cpu-small``, ``gpu-medium`` or ``paper``, with keyword overrides of any field."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown denoiser preset {name!r}; have {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, DenoiserConfig] = {
+    # SVD's UNet exactly (1,524,623,082 parameters) with 512² feedback maps -> Table 1's shapes.
+    "paper": DenoiserConfig(),
+    # Pixel space 64², levels 64/32/16/8, attention at 32² and below; 11.0M UNet parameters,
+    # 14.6M in all; about 2.4 s per training step (forward + backward, 2 objects x 8 views,
+    # both feedback maps) on 2 CPU cores (benchmarks/bench_denoiser.py).
+    "cpu-small": DenoiserConfig(
+        latent_channels=3,
+        sample_size=64,
+        block_out_channels=(32, 64, 96, 128),
+        down_block_types=NO_ATTENTION_AT_TOP_DOWN,
+        up_block_types=NO_ATTENTION_AT_TOP_UP,
+        layers_per_block=1,
+        num_attention_heads=(1, 2, 3, 4),
+        cross_attention_dim=128,
+        addition_time_embed_dim=32,
+        image_encoder="cnn",
+        image_encoder_channels=(16, 32, 64, 128),
+        feedback_unshuffle=1,
+        feedback_blocks_per_scale=3,
+        camera_frequencies=4,
+        camera_embed_dim=32,
+    ),
+    # Pixel space 128², levels 128/64/32/16, attention at 64² and below, head size 64;
+    # 99.8M UNet parameters, 120.9M in all.
+    "gpu-medium": DenoiserConfig(
+        latent_channels=3,
+        sample_size=128,
+        block_out_channels=(128, 192, 256, 256),
+        down_block_types=NO_ATTENTION_AT_TOP_DOWN,
+        up_block_types=NO_ATTENTION_AT_TOP_UP,
+        layers_per_block=2,
+        num_attention_heads=(2, 3, 4, 4),
+        cross_attention_dim=512,
+        addition_time_embed_dim=128,
+        image_encoder="cnn",
+        image_encoder_channels=(32, 64, 128, 256),
+        feedback_unshuffle=1,
+        camera_frequencies=6,
+        camera_embed_dim=64,
+    ),
+}
+
+
+# --- image conditioning ----------------------------------------------------------------
+
+
+def _require_folder(path: str | Path | None, what: str) -> Path:
+    """A local folder or a clear error: weights are never fetched from a hub here."""
+    if path is None:
+        raise FileNotFoundError(f"{what}: no local folder given (set its path; hub ids are not accepted)")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: local folder {str(folder)!r} does not exist (hub ids are not accepted)")
+    return folder
+
+
+class ImageEncoder(nn.Module):
+    """The input view -> the cross-attention context, (B, 3, H, W) in [0, 1] -> (B, 1, dim).
+
+    ``kind="cnn"``: a small strided CNN with global average pooling and a linear head,
+    trained from scratch. ``kind="clip"``: SVD's image encoder, a frozen
+    ``CLIPVisionModelWithProjection`` loaded from the LOCAL folder ``clip_path`` (never a hub
+    id; FileNotFoundError if the folder is missing); ``dim`` must equal its projection size
+    (1024 for SVD's ViT-H/14).
+    """
+
+    def __init__(
+        self,
+        kind: str = "cnn",
+        dim: int = 1024,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        clip_path: str | Path | None = None,
+    ):
+        super().__init__()
+        self.kind = kind
+        self.dim = dim
+        if kind == "cnn":
+            layers: list[nn.Module] = []
+            c_in = 3
+            for c in channels:
+                layers += [nn.Conv2d(c_in, c, kernel_size=3, stride=2, padding=1), nn.SiLU()]
+                c_in = c
+            self.backbone = nn.Sequential(*layers)
+            self.head = nn.Linear(c_in, dim)
+        elif kind == "clip":
+            folder = _require_folder(clip_path, "CLIP image encoder")
+            try:
+                from transformers import CLIPVisionModelWithProjection
+            except ImportError as err:
+                raise ImportError("the 'clip' image encoder needs the transformers package") from err
+            self.clip = CLIPVisionModelWithProjection.from_pretrained(str(folder), local_files_only=True)
+            self.clip.requires_grad_(False)  # frozen, as in SVD and the paper
+            if self.clip.config.projection_dim != dim:
+                raise ValueError(f"CLIP projection size {self.clip.config.projection_dim} != cross_attention_dim {dim}")
+            self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        else:
+            raise ValueError(f"image encoder kind must be 'cnn' or 'clip', got {kind!r}")
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.kind == "cnn":
+            features = self.backbone(image * 2.0 - 1.0).mean(dim=(-2, -1))
+            return self.head(features)[:, None]
+        size = self.clip.config.image_size
+        image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        return self.clip(pixel_values=(image - self.mean) / self.std).image_embeds[:, None]
+
+
+# --- camera conditioning ---------------------------------------------------------------
+
+
+def harmonic_embedding(x: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """``[x, sin(2^k pi x), cos(2^k pi x)]`` for k < frequencies, on the channels of (N, C, H, W).
+
+    Returns (N, C * (1 + 2 * frequencies), H, W).
+    """
+    scales = (2.0 ** torch.arange(frequencies, dtype=x.dtype, device=x.device)) * math.pi
+    angles = (x[:, :, None] * scales.view(1, 1, -1, 1, 1)).flatten(1, 2)  # (N, C*K, H, W)
+    return torch.cat([x, torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class CameraEmbedding(nn.Module):
+    """Plücker rays -> features added before every UNet block (the paper implementation's scheme).
+
+    ``embed(plucker)`` maps (N, 6, h, w) rays through a harmonic embedding and a 1x1-conv MLP
+    to (N, embed_dim, h, w) once; ``at(site, features, size)`` average-pools them to a
+    block's resolution and projects to its channels with that site's zero-initialised
+    1x1 conv (pooling first: both are linear, and pooling first is cheaper). The zero
+    projections make a freshly added camera path exactly neutral; they receive gradients
+    at once, the MLP after the first update.
+    """
+
+    def __init__(self, site_channels: Mapping[str, int], frequencies: int = 6, embed_dim: int = 128):
+        super().__init__()
+        self.frequencies = frequencies
+        in_channels = 6 * (1 + 2 * frequencies)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(in_channels, embed_dim, kernel_size=1),
+            nn.SiLU(),
+            nn.Conv2d(embed_dim, embed_dim, kernel_size=1),
+        )
+        self.projections = nn.ModuleDict(
+            {site: nn.Conv2d(embed_dim, channels, kernel_size=1) for site, channels in site_channels.items()}
+        )
+        for proj in self.projections.values():
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def embed(self, plucker: torch.Tensor) -> torch.Tensor:
+        return self.mlp(harmonic_embedding(plucker, self.frequencies))
+
+    def at(self, site: str, features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if tuple(features.shape[-2:]) != tuple(size):
+            features = F.adaptive_avg_pool2d(features, tuple(size))
+        return self.projections[site](features)
+
+
+# --- the denoiser ------------------------------------------------------------------------
+
+
+class MultiViewDenoiser(nn.Module):
+    """``F(x; c_noise, conditioning)``: V views denoised jointly by SVD's UNet.
+
+    Submodules: ``unet`` (a plain ``UNetSpatioTemporalConditionModel``, so SVD's weights
+    load into it unchanged), ``camera`` (:class:`CameraEmbedding`), ``feedback_networks``
+    (a ModuleDict, one :class:`FeedbackNetwork` per name in ``config.feedback_maps``; empty
+    when built without feedback) and ``image_encoder`` (None for ``image_encoder="none"``;
+    a frozen CLIP's parameters have ``requires_grad=False``, so optimise only parameters
+    that require gradients).
+    """
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        self.config = config
+        c = config.latent_channels
+        self.unet = UNetSpatioTemporalConditionModel(
+            sample_size=config.sample_size,
+            in_channels=2 * c,
+            out_channels=c,
+            down_block_types=config.down_block_types,
+            up_block_types=config.up_block_types,
+            block_out_channels=config.block_out_channels,
+            addition_time_embed_dim=config.addition_time_embed_dim,
+            projection_class_embeddings_input_dim=config.addition_time_embed_dim * len(config.added_time_ids),
+            layers_per_block=config.layers_per_block,
+            cross_attention_dim=config.cross_attention_dim,
+            transformer_layers_per_block=config.transformer_layers_per_block,
+            num_attention_heads=config.num_attention_heads,
+        )
+        if config.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.register_buffer("added_time_ids", torch.tensor(config.added_time_ids), persistent=False)
+
+        ch = config.block_out_channels
+        n = len(ch)
+        sites = {f"down{i}": ch[max(i - 1, 0)] for i in range(n)}  # input channels of down block i
+        sites["mid"] = ch[-1]
+        rev = list(reversed(ch))
+        sites |= {f"up{i}": rev[max(i - 1, 0)] for i in range(n)}  # input channels of up block i
+        self.camera = CameraEmbedding(sites, config.camera_frequencies, config.camera_embed_dim)
+
+        self.feedback_networks = nn.ModuleDict(
+            {
+                name: FeedbackNetwork(3, config.feedback_unshuffle, ch, config.feedback_blocks_per_scale)
+                for name in config.feedback_maps
+            }
+        )
+
+        self.image_encoder = (
+            None
+            if config.image_encoder == "none"
+            else ImageEncoder(
+                config.image_encoder,
+                config.cross_attention_dim,
+                config.image_encoder_channels,
+                config.image_encoder_path,
+            )
+        )
+
+    # -- conditioning helpers --
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """The input view (B, 3, H, W) in [0, 1] -> ``cond_embedding`` (B, 1, cross_attention_dim)."""
+        if self.image_encoder is None:
+            raise RuntimeError("this denoiser was built with image_encoder='none'; supply cond_embedding directly")
+        return self.image_encoder(image)
+
+    def feedback_features(self, feedback: Mapping[str, torch.Tensor]) -> list[torch.Tensor] | None:
+        """Eq. 10-11 summed per scale: maps (B, V, 3, H, W) -> one (B*V, C_i, h_i, w_i) per down block."""
+        unknown = [k for k in feedback if k not in self.feedback_networks]
+        if unknown:
+            raise ValueError(
+                f"feedback maps {unknown} have no feedback network (this model has {tuple(self.feedback_networks)})"
+            )
+        summed: list[torch.Tensor] | None = None
+        for name, maps in feedback.items():
+            if maps.ndim != 5 or maps.shape[2] != 3:
+                raise ValueError(f"feedback map {name!r} must be (B, V, 3, H, W), got {tuple(maps.shape)}")
+            network = self.feedback_networks[name]
+            features = network(maps.flatten(0, 1).to(network.conv_in.weight.dtype))
+            summed = features if summed is None else [a + b for a, b in zip(summed, features, strict=True)]
+        return summed
+
+    def load_pretrained_unet(self, folder: str | Path) -> None:
+        """Load SVD's UNet weights from a LOCAL diffusers folder (the ``unet`` subfolder of the SVD repo)."""
+        path = _require_folder(folder, "pretrained SVD UNet")
+        pretrained = UNetSpatioTemporalConditionModel.from_pretrained(str(path), local_files_only=True)
+        self.unet.load_state_dict(pretrained.state_dict())
+
+    # -- forward --
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        *,
+        cond_latent: torch.Tensor,
+        cond_embedding: torch.Tensor,
+        plucker: torch.Tensor,
+        feedback: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Denoise V views jointly.
+
+        Args:
+            x: (B, V, C, h, w) noisy (already input-scaled) latents of the views.
+            c_noise: (B,) or scalar noise conditioning, fed to the UNet's timestep embedding.
+            cond_latent: (B, C, h, w) latent of the input view, concatenated to every view.
+            cond_embedding: (B, T, cross_attention_dim) cross-attention context (T = 1 in SVD).
+            plucker: (B, V, 6, h', w') Plücker rays (direction, moment) of each view's pixels,
+                usually at the latent resolution; pooled to each block's resolution.
+            feedback: None (no feedback path) or ``{"ccm": P, "rgb": T}`` (any subset of the
+                model's ``feedback_maps``) of rendered maps (B, V, 3, H, W) in [0, 1] at image
+                resolution.
+
+        Returns:
+            (B, V, C, h, w), the network output ``F`` (EDMPrecond turns it into ``D``).
+        """
+        if x.ndim != 5:
+            raise ValueError(f"x must be (B, V, C, h, w), got {tuple(x.shape)}")
+        batch, views = x.shape[:2]
+        unet = self.unet
+        sample = torch.cat([x, cond_latent[:, None].expand(-1, views, -1, -1, -1).to(x.dtype)], dim=2)
+
+        # 1. time: as UNetSpatioTemporalConditionModel.forward, c_noise is the timestep.
+        timesteps = torch.as_tensor(c_noise, device=x.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps[None]
+        timesteps = timesteps.expand(batch)
+        emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=x.dtype))
+        added = self.added_time_ids.to(x.dtype).expand(batch, -1)
+        time_embeds = unet.add_time_proj(added.flatten()).reshape((batch, -1)).to(emb.dtype)
+        emb = emb + unet.add_embedding(time_embeds)
+
+        # Views become frames: (B, V, ...) -> (B*V, ...), per-object conditioning repeated per view.
+        sample = sample.flatten(0, 1)
+        emb = emb.repeat_interleave(views, dim=0, output_size=batch * views)
+        context = cond_embedding.repeat_interleave(views, dim=0, output_size=batch * views)
+        indicator = torch.zeros(batch, views, dtype=sample.dtype, device=sample.device)
+        rays = self.camera.embed(plucker.flatten(0, 1).to(sample.dtype))
+        extra = None if feedback is None else self.feedback_features(feedback)
+
+        # 2. pre-process
+        sample = unet.conv_in(sample)
+
+        # 3. down, with the feedback added inside each block (eq. 12)
+        skips: tuple[torch.Tensor, ...] = (sample,)
+        for i, block in enumerate(unet.down_blocks):
+            sample = sample + self.camera.at(f"down{i}", rays, sample.shape[-2:])
+            sample, res = self._down_block(block, sample, emb, context, indicator, None if extra is None else extra[i])
+            skips += res
+
+        # 4. mid
+        sample = sample + self.camera.at("mid", rays, sample.shape[-2:])
+        sample = unet.mid_block(
+            hidden_states=sample, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator
+        )
+
+        # 5. up, as diffusers (including its forced upsample size for odd resolutions)
+        forward_upsample_size = any(s % 2**unet.num_upsamplers != 0 for s in x.shape[-2:])
+        upsample_size = None
+        for i, block in enumerate(unet.up_blocks):
+            res = skips[-len(block.resnets) :]
+            skips = skips[: -len(block.resnets)]
+            if i < len(unet.up_blocks) - 1 and forward_upsample_size:
+                upsample_size = skips[-1].shape[2:]
+            sample = sample + self.camera.at(f"up{i}", rays, sample.shape[-2:])
+            kwargs: dict[str, Any] = {"encoder_hidden_states": context} if _has_cross_attention(block) else {}
+            sample = block(
+                hidden_states=sample,
+                temb=emb,
+                res_hidden_states_tuple=res,
+                upsample_size=upsample_size,
+                image_only_indicator=indicator,
+                **kwargs,
+            )
+
+        # 6. post-process
+        sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
+        return sample.reshape(batch, views, *sample.shape[1:])
+
+    @staticmethod
+    def _down_block(
+        block: nn.Module,
+        hidden: torch.Tensor,
+        temb: torch.Tensor,
+        context: torch.Tensor,
+        indicator: torch.Tensor,
+        feedback: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """A (CrossAttn)DownBlockSpatioTemporal's forward with ``feedback`` added before its downsampler."""
+        attentions = block.attentions if _has_cross_attention(block) else None
+        checkpoint = torch.is_grad_enabled() and block.gradient_checkpointing
+        outputs: tuple[torch.Tensor, ...] = ()
+        last = len(block.resnets) - 1
+        for j, resnet in enumerate(block.resnets):
+            if checkpoint:
+                hidden = block._gradient_checkpointing_func(resnet, hidden, temb, indicator)
+            else:
+                hidden = resnet(hidden, temb, image_only_indicator=indicator)
+            if attentions is not None:
+                hidden = attentions[j](
+                    hidden, encoder_hidden_states=context, image_only_indicator=indicator, return_dict=False
+                )[0]
+            if j == last and feedback is not None:
+                if feedback.shape != hidden.shape:
+                    raise ValueError(
+                        f"feedback features {tuple(feedback.shape)} do not match the encoder features "
+                        f"{tuple(hidden.shape)}: check the feedback maps' resolution and feedback_unshuffle"
+                    )
+                hidden = hidden + feedback
+            outputs += (hidden,)
+        if block.downsamplers is not None:
+            for downsampler in block.downsamplers:
+                hidden = downsampler(hidden)
+            outputs += (hidden,)
+        return hidden, outputs
+
+
+def _has_cross_attention(block: nn.Module) -> bool:
+    return bool(getattr(block, "has_cross_attention", False))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_summary(model: MultiViewDenoiser) -> dict[str, int]:
+    """Parameter counts per part: unet, camera, each feedback network, image_encoder, total."""
+    summary = {"unet": count_parameters(model.unet), "camera": count_parameters(model.camera)}
+    summary |= {f"feedback_{k}": count_parameters(v) for k, v in model.feedback_networks.items()}
+    if model.image_encoder is not None:
+        summary["image_encoder"] = count_parameters(model.image_encoder)
+    summary["total"] = count_parameters(model)
+    return summary
