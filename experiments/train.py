@@ -40,14 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     dataset = MultiViewDataset.for_split("train", args.data, params.ccm.normalization)
     model = build_model(params)
+    fingerprint = training_fingerprint(params)
     summary = train(
         model,
         dataset,
         params.train,
-        Path("checkpoints") / args.variant,
+        # one folder per params fingerprint: experiments with other params never clobber it
+        Path("checkpoints") / args.variant / fingerprint,
         Path("results/train") / args.variant / "loss.csv",
         seed=params.seed,
-        fingerprint=training_fingerprint(params),
+        fingerprint=fingerprint,
         lpips=lpips,
     )
     summary.pop("ema").copy_to(model)
