@@ -9,7 +9,7 @@ import json
 from .config import Params, ParamsError
 from .model import Ouroboros3D
 
-__all__ = ["build_model", "denoiser_config", "training_fingerprint"]
+__all__ = ["build_model", "build_reconstructor", "denoiser_config", "training_fingerprint"]
 
 
 def denoiser_config(params: Params):
@@ -42,7 +42,6 @@ def denoiser_config(params: Params):
 def build_model(params: Params) -> Ouroboros3D:
     from .autoencoder import PixelAutoencoder, VAEAutoencoder
     from .denoiser import MultiViewDenoiser
-    from .reconstructor import Reconstructor
 
     autoencoder = (
         PixelAutoencoder() if params.model.latent == "pixel" else VAEAutoencoder.from_folder(params.model.vae_path)
@@ -50,8 +49,22 @@ def build_model(params: Params) -> Ouroboros3D:
     net = MultiViewDenoiser(denoiser_config(params))
     if params.model.svd_path:
         net.load_pretrained_unet(params.model.svd_path)
+    return Ouroboros3D(
+        autoencoder,
+        net,
+        build_reconstructor(params),
+        recon_views=params.model.recon_views,
+        ccm_norm=params.ccm.normalization,
+        joint=params.joint,
+    )
+
+
+def build_reconstructor(params: Params):
+    """G as ``model.reconstructor`` sizes it; timestep-conditioned when trained jointly."""
+    from .reconstructor import Reconstructor
+
     r = params.model.reconstructor
-    reconstructor = Reconstructor(
+    return Reconstructor(
         in_views=len(params.model.recon_views),
         image_size=r.image_size,
         splat_size=r.splat_size,
@@ -60,14 +73,6 @@ def build_model(params: Params) -> Ouroboros3D:
         layers_per_block=r.layers_per_block,
         attention_head_dim=r.attention_head_dim,
         timestep_conditioning=params.joint,
-    )
-    return Ouroboros3D(
-        autoencoder,
-        net,
-        reconstructor,
-        recon_views=params.model.recon_views,
-        ccm_norm=params.ccm.normalization,
-        joint=params.joint,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ from ouroboros3d.config import _deep_merge, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Under pytest-xdist every worker gets one thread: two workers x two OpenMP threads on two
-# cores spin-wait on each other and run 10-100x slower.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+# Every test tensor is tiny: one thread. Two OpenMP threads spin-wait whenever another process
+# (an xdist worker) holds the other core, and then run 10-100x slower.
+torch.set_num_threads(1)
 
 TINY = {
     "data": {

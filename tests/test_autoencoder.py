@@ -15,16 +15,6 @@ TINY_VAE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP's spin-waits, which made 2-thread runs
-    10-100x slower whenever another process used the second core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_pixel_round_trip_is_exact():
     ae = PixelAutoencoder()
     assert ae.latent_channels == 3 and ae.downscale == 1

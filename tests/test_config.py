@@ -78,9 +78,8 @@ def test_missing_and_malformed_files_are_clear(tmp_path):
 def test_paper_preset_builds_table_1_shapes_and_lgm_sized_reconstructor_on_meta():
     import torch
 
-    from ouroboros3d.build import denoiser_config
+    from ouroboros3d.build import build_reconstructor, denoiser_config
     from ouroboros3d.denoiser import MultiViewDenoiser
-    from ouroboros3d.reconstructor import Reconstructor
 
     raw = _raw()
     raw["preset"] = "paper"
@@ -92,15 +91,6 @@ def test_paper_preset_builds_table_1_shapes_and_lgm_sized_reconstructor_on_meta(
     with torch.device("meta"):
         net = MultiViewDenoiser(cfg)
         features = net.feedback_networks["ccm"](torch.empty(1, 3, 512, 512))
-        r = p.model.reconstructor
-        recon = Reconstructor(
-            in_views=len(p.model.recon_views),
-            image_size=r.image_size,
-            splat_size=r.splat_size,
-            down_channels=r.down_channels,
-            up_channels=r.up_channels,
-            layers_per_block=r.layers_per_block,
-            attention_head_dim=r.attention_head_dim,
-        )
+        recon = build_reconstructor(p)
     assert [tuple(f.shape[1:]) for f in features] == [(320, 64, 64), (640, 32, 32), (1280, 16, 16), (1280, 8, 8)]
     assert recon.num_gaussians == 4 * 128 * 128  # LGM: 65,536 Gaussians

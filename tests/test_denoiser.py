@@ -88,16 +88,6 @@ def perturb_(module: torch.nn.Module, std: float = 0.1, seed: int = 1) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP's spin-waits, which made 2-thread runs
-    10-100x slower whenever another process used the second core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> MultiViewDenoiser:
     torch.manual_seed(0)

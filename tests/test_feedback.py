@@ -9,16 +9,6 @@ from ouroboros3d.feedback import FeedbackNetwork, ResidualBlock
 TABLE_1 = [(320, 64, 64), (640, 32, 32), (1280, 16, 16), (1280, 8, 8)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP's spin-waits, which made 2-thread runs
-    10-100x slower whenever another process used the second core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_table_1_shapes_on_meta():
     with torch.device("meta"):
         net = FeedbackNetwork()  # the paper's defaults

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import TMP_PREFIX, atomic_write_bytes
+
 __all__ = [
     "CAMERAS_FILE",
     "CCM_FILE",
@@ -42,7 +44,7 @@ CAMERAS_FILE = "cameras.json"
 DEPTH_FILE = "depth.npy"
 CCM_FILE = "ccm.npy"
 MANIFEST_FILE = "manifest.csv"
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX
 
 
 def rgb_file(view: int) -> str:
@@ -51,21 +53,6 @@ def rgb_file(view: int) -> str:
 
 def alpha_file(view: int) -> str:
     return f"alpha_{view:02d}.png"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
