@@ -26,11 +26,13 @@ from ouroboros3d.training import train
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--variant", default="main", help="output folder name under models/, results/train/")
+    parser.add_argument(
+        "--variant", default="main", help="main (the top-level params) or a name in params `variants` (Table 2)"
+    )
     parser.add_argument("--data", default="data", help="the data/ folder of the render and ccm stages")
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params).with_variant(args.variant)
         lpips = load_lpips() if params.train.lpips_weight > 0 else None
     except (ParamsError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)

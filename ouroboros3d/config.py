@@ -205,6 +205,38 @@ class SampleParams:
 
 
 @dataclass(frozen=True)
+class EvaluationParams:
+    """Settings of the evaluation (experiments/evaluate.py, ouroboros3d.metrics); not of the model."""
+
+    batch_size: int = 4  # objects sampled together; each has its own seeded noise
+    gt_points: int = 50_000  # points sampled on each ground-truth mesh surface (seeded per object)
+    fscore_thresholds: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)  # unit-box units
+    step_objects: int = 3  # eval objects whose per-step reconstructions are recorded (Figure 3)
+    feedback_starts: tuple[float, ...] = (0.4, 0.8, 1.0)  # Table 3: inference-only feedback windows
+    confidence: float = 0.95  # of the t-interval over objects
+
+    def validate(self, key: str) -> None:
+        for name in ("batch_size", "gt_points"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(self.step_objects >= 0, f"{key}.step_objects", "must be >= 0")
+        _check(
+            bool(self.fscore_thresholds) and all(t > 0 for t in self.fscore_thresholds),
+            f"{key}.fscore_thresholds",
+            f"need positive thresholds, got {list(self.fscore_thresholds)}",
+        )
+        _check(
+            all(0 <= s <= 1 for s in self.feedback_starts),
+            f"{key}.feedback_starts",
+            f"must lie in [0, 1], got {list(self.feedback_starts)}",
+        )
+        _check(0 < self.confidence < 1, f"{key}.confidence", f"must lie in (0, 1), got {self.confidence}")
+
+
+# top-level params a `variants:` block may override (the rest describe data, sampling, evaluation)
+VARIANT_KEYS = ("seed", "feedback", "feedback_maps", "joint", "model", "train")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     preset: str = "cpu-small"
@@ -217,6 +249,11 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainSettings = field(default_factory=TrainSettings)
     sample: SampleParams = field(default_factory=SampleParams)
+    evaluation: EvaluationParams = field(default_factory=EvaluationParams)
+    # Table 2's ablation models: name -> overrides of VARIANT_KEYS over the top-level params,
+    # trained as models/<name> by the train_variant stage for the names in train_variants
+    variants: dict = field(default_factory=dict)
+    train_variants: tuple[str, ...] = ()
 
     def validate(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
@@ -234,6 +271,31 @@ class Params:
         self.model.validate("model", self.camera.num_views)
         self.train.validate("train")
         self.sample.validate("sample")
+        self.evaluation.validate("evaluation")
+        for name, block in self.variants.items():
+            _check(isinstance(block, dict), f"variants.{name}", f"must be a mapping, got {block!r}")
+            _check(name != "main", "variants", "'main' is the model of the top-level params; name variants otherwise")
+            bad = sorted(set(block) - set(VARIANT_KEYS))
+            _check(not bad, f"variants.{name}", f"cannot override {bad}; a variant may set {list(VARIANT_KEYS)}")
+            self.with_variant(name)  # validates the variant's params
+        unknown = [v for v in self.train_variants if v not in self.variants]
+        _check(not unknown, "train_variants", f"unknown variant(s) {unknown}; have {sorted(self.variants)}")
+
+    def with_variant(self, name: str) -> Params:
+        """The params of variant ``name``: its ``variants`` block deep-merged over these params.
+
+        ``"main"`` is these params. The result has no variants of its own (it is one model).
+        """
+        if name == "main":
+            return self
+        _check(name in self.variants, "variants", f"unknown variant {name!r}; have ['main', *{sorted(self.variants)}]")
+        raw = dataclasses.asdict(self) | {"variants": {}, "train_variants": ()}
+        try:
+            params = _build(Params, _deep_merge(raw, self.variants[name]), "")
+            params.validate()
+        except ParamsError as e:
+            raise ParamsError(f"params: variants.{name}: {str(e).removeprefix('params: ')}") from None
+        return params
 
     @property
     def feedback_ccm(self) -> bool:
@@ -330,3 +392,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return params_from_dict(raw)
     except ParamsError as e:
         raise ParamsError(f"{path}: {e}") from None
+
+
+def params_from_resolved(raw: dict) -> Params:
+    """Rebuild and validate :class:`Params` from ``dataclasses.asdict(params)`` (a checkpoint's params.json).
+
+    That mapping is already preset-resolved and has no ``presets`` block, so the preset is
+    not merged again (``params_from_dict`` would reject a non-default preset it cannot find).
+    """
+    _check(isinstance(raw, dict), "params.json", f"must be a mapping, got {type(raw).__name__}")
+    params = _build(Params, dict(raw), "")
+    params.validate()
+    return params

@@ -15,7 +15,7 @@ cameras are ``K`` (B, V, 3, 3) and ``c2w`` (B, V, 4, 4) in the convention of
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -264,6 +264,8 @@ def sample(
     generator: torch.Generator | None = None,
     keep_steps: bool = False,
     sampler=edm.sample_euler,
+    on_step: Callable[[dict], None] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> SampleResult:
     """Algorithm 2: generate V views of ``input_view`` (B, 3, H, W) and their 3D Gaussians.
 
@@ -271,6 +273,13 @@ def sample(
     returns the RGB/CCM maps as the next step's feedback (zeros outside the feedback
     window). ``reconstruct`` = "final" makes the loop plain multi-view diffusion with G run
     once on the final views ("generate, then reconstruct"); "none" skips G altogether.
+
+    ``on_step``, if given, is called once per step with ``{"i", "steps", "sigma", "record"}``,
+    where ``record`` is that step's :class:`StepRecord` (None unless ``reconstruct`` is
+    "every_step"): for progress bars and for keeping only some steps' records.
+
+    ``noise`` (B, V, C, h, w), standard normal, replaces the draw from ``generator``: a
+    caller that seeds each object's noise gets results independent of the batch size.
     """
     if reconstruct not in ("every_step", "final", "none"):
         raise ValueError(f"reconstruct must be every_step, final or none, got {reconstruct!r}")
@@ -280,7 +289,11 @@ def sample(
     cond = model.condition(input_view, K, c2w)
     shape = (b, v, model.autoencoder.latent_channels, *cond["cond_latent"].shape[-2:])
     sigmas = edm.karras_sigmas(steps, sigma_min, sigma_max).to(input_view.device)
-    x = sigmas[0] * torch.randn(shape, generator=generator).to(input_view)
+    if noise is None:
+        noise = torch.randn(shape, generator=generator)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    x = sigmas[0] * noise.to(input_view)
     like = torch.zeros(b, v, 3, height, width, device=input_view.device, dtype=input_view.dtype)
     zeros = model.zero_feedback(like)
     window = feedback_window(steps, feedback_start)
@@ -299,13 +312,18 @@ def sample(
 
     def callback(info):
         if not recursive:
+            if on_step is not None:
+                on_step({"i": info["i"], "steps": steps, "sigma": float(info["sigma"]), "record": None})
             return None
         views = model.autoencoder.decode(info["denoised"]).clamp(0, 1)
         recon = model.reconstruct(views, K, c2w, info["sigma"].expand(b))
         last[0] = recon
         fed = model.has_feedback and info["i"] + 1 < steps and window[info["i"] + 1]
+        record = StepRecord(info["i"], float(info["sigma"]), views, recon, fed) if keep_steps or on_step else None
         if keep_steps:
-            records.append(StepRecord(info["i"], float(info["sigma"]), views, recon, fed))
+            records.append(record)
+        if on_step is not None:
+            on_step({"i": info["i"], "steps": steps, "sigma": record.sigma, "record": record})
         if not model.has_feedback:
             return None
         return {"feedback": recon.feedback(model.feedback_maps) if fed else zeros}
