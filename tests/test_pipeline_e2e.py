@@ -63,6 +63,8 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     loss = pd.read_csv(repo / "results" / "train" / "main" / "loss.csv")
     assert loss["step"].tolist() == [1, 2, 3]
     assert (repo / "models" / "main" / "model.safetensors").stat().st_size > 0
+    report = (repo / "paper" / "report.md").read_text()
+    assert "{{" not in report and "## The paper's claims, as measured here" in report
 
     # a second repro has nothing to do: outputs are up to date, nothing is recomputed
     again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
