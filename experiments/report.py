@@ -33,8 +33,8 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float = 0.
     """Mean and t-interval of ``a[column] - b[column]`` over the objects both runs share."""
     if column not in a or column not in b:
         return None
-    joined = a[[column]].join(b[[column]], lsuffix="_a", rsuffix="_b", how="inner").dropna()
-    d = (joined[f"{column}_a"] - joined[f"{column}_b"]).to_numpy(dtype=float)
+    joined = pd.concat([a[column], b[column]], axis=1, join="inner", keys=["a", "b"]).dropna()
+    d = (joined["a"] - joined["b"]).to_numpy(dtype=float)
     if len(d) < 2:
         return None
     half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
