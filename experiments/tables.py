@@ -114,6 +114,17 @@ def _row(label: str, run: str, report: dict | None, prefix: str, paper: tuple) -
     return shown, numbers
 
 
+def _add_mv_and_geometry(shown_row: dict, report: dict | None, fkey: str | None) -> dict:
+    """Fill a row's MV PSNR/SSIM, CD and F-score cells; returns their numbers for the CSV."""
+    numbers: dict = {}
+    for m in ("psnr", "ssim"):
+        shown_row[f"MV {m.upper()}"] = cell(report, f"mv_{m}")
+        numbers |= _numbers(report, f"mv_{m}")
+    shown_row["CD"] = cell(report, "cd")
+    shown_row[fkey or "F-score"] = cell(report, fkey) if fkey else "–"
+    return numbers | _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
+
+
 def table2(runs: dict[str, dict], variants: dict[str, tuple], threshold: float | None = 0.05):
     """Rows of Table 2: ``variants`` = {name: (joint, maps)} in params order."""
     main = runs.get("main")
@@ -133,12 +144,7 @@ def table2(runs: dict[str, dict], variants: dict[str, tuple], threshold: float |
             s[f"Δ {m.upper()}"] = cell(report, f"delta_{m}")
             s[f"paper Δ {m.upper()}"] = _paper(paper[4 + i] if paper else None, m)
             n |= _numbers(report, f"delta_{m}") | {f"paper_delta_{m}": paper[4 + i] if paper else None}
-        for m in ("psnr", "ssim"):
-            s[f"MV {m.upper()}"] = cell(report, f"mv_{m}")
-            n |= _numbers(report, f"mv_{m}")
-        s["CD"] = cell(report, "cd")
-        s[fkey or "F-score"] = cell(report, fkey) if fkey else "–"
-        n |= _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
+        n |= _add_mv_and_geometry(s, report, fkey)
         shown.append(s)
         numbers.append(n)
     if main is not None and "main" not in placed:
@@ -188,12 +194,7 @@ def table3(runs: dict[str, dict], variant: str = "main", threshold: float | None
         paper = next((v for k, v in PAPER_TABLE3.items() if math.isclose(k, start)), ())
         label = f"{window_label(start, report['sample']['steps'])} (start {start:g})"
         s, n = _row(label, name, report, "3d", paper)
-        for m in ("psnr", "ssim"):
-            s[f"MV {m.upper()}"] = cell(report, f"mv_{m}")
-            n |= _numbers(report, f"mv_{m}")
-        s["CD"] = cell(report, "cd")
-        s[fkey or "F-score"] = cell(report, fkey) if fkey else "–"
-        n |= _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
+        n |= _add_mv_and_geometry(s, report, fkey)
         shown.append(s)
         numbers.append(n)
     _add_reference_rows(shown, numbers, runs.get(variant), fkey)
