@@ -60,6 +60,8 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     for png in ("dataset_train", "dataset_eval", "denoising_steps", "denoising_curves"):
         with Image.open(repo / "results" / "figures" / f"{png}.png") as im:
             assert im.size[0] > 100 and im.size[1] > 100
+    with Image.open(repo / "paper" / "figures" / "generate_example.png") as im:
+        assert im.size[0] > 100
     loss = pd.read_csv(repo / "results" / "train" / "main" / "loss.csv")
     assert loss["step"].tolist() == [1, 2, 3]
     assert (repo / "models" / "main" / "model.safetensors").stat().st_size > 0
@@ -70,9 +72,18 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
+    notebook = repo / "notebooks" / "results.ipynb"
     nb = subprocess.run(
-        [str(BIN / "jupyter"), "nbconvert", "--to", "notebook", "--execute", "--output", str(tmp_path / "out.ipynb")]
-        + [str(repo / "notebooks" / "results.ipynb")],
+        [
+            str(BIN / "jupyter"),
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            "--output",
+            str(tmp_path / "out.ipynb"),
+            notebook,
+        ],
         cwd=repo,
         env=env,
         capture_output=True,
