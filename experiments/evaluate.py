@@ -39,12 +39,12 @@ import torch
 from tqdm import tqdm
 
 from ouroboros3d import edm, metrics
-from ouroboros3d.build import build_model
-from ouroboros3d.config import Params, ParamsError, load_params, params_from_resolved
+from ouroboros3d.config import Params, ParamsError, load_params
 from ouroboros3d.data import layout
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.data.sources import SourceUnavailableError
-from ouroboros3d.io import atomic_write_bytes, atomic_write_text, load_weights
+from ouroboros3d.generate import GenerationError, load_checkpoint
+from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 from ouroboros3d.model import sample
 
 IMAGE_METRICS = ("psnr", "ssim", "lpips")
@@ -53,14 +53,8 @@ SAMPLERS = {"euler": edm.sample_euler, "heun": edm.sample_heun}
 
 def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Params]:
     """The model in ``model_dir`` (model.safetensors + params.json), in eval mode, and its params."""
-    model_dir = Path(model_dir)
-    for name in ("model.safetensors", "params.json"):
-        if not (model_dir / name).is_file():
-            raise FileNotFoundError(f"{model_dir / name} is missing: train it first (experiments/train.py)")
-    params = params_from_resolved(json.loads((model_dir / "params.json").read_text()))
-    model = build_model(params)
-    load_weights(model, model_dir / "model.safetensors")
-    return model.to(device).eval(), params
+    checkpoint = load_checkpoint(model_dir, device)
+    return checkpoint.model, checkpoint.params
 
 
 def run_name(variant: str, feedback_start: float | None = None) -> str:
@@ -250,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= start_fb <= 1:
             raise ParamsError(f"--feedback-start must lie in [0, 1], got {start_fb}")
         model, model_params = load_trained(Path(args.models) / args.variant, args.device)
-    except (ParamsError, FileNotFoundError, ValueError) as e:
+    except (ParamsError, GenerationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     name = args.name or run_name(args.variant, args.feedback_start)

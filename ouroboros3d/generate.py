@@ -271,11 +271,13 @@ def default_elevation(params: Params) -> float:
 
 
 def view_cameras(params: Params, elevation_deg: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Azimuths (V,), intrinsics K (V, 3, 3) and c2w (V, 4, 4) of the params' view layout at one elevation."""
-    cam = params.camera
-    azimuths = cameras.default_view_layout(cam.orbit_frames, cam.view_frames)
-    c2w = cameras.orbit_c2w(azimuths, elevation_deg, cam.radius)
-    K = cameras.intrinsics(cam.fov_deg, params.data.resolution).expand(len(azimuths), 3, 3).contiguous()
+    """Azimuths (V,), intrinsics K (V, 3, 3) and c2w (V, 4, 4) of the params' view layout at one elevation.
+
+    The same cameras the dataset renders with (no azimuth offset): view 0 looks along -X.
+    """
+    from .data.pipeline import RenderSettings, object_cameras
+
+    K, c2w, azimuths = object_cameras(RenderSettings.from_params(params), elevation_deg, 0.0)
     return azimuths, K, c2w
 
 

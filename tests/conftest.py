@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every test tensor is tiny: one thread. Two OpenMP threads spin-wait whenever another process
 # (an xdist worker) holds the other core, and then run 10-100x slower.
 torch.set_num_threads(1)
+
+
+def load_script(name: str):
+    """An experiments/ stage script as a module (experiments/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 TINY = {
     "data": {

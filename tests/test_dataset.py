@@ -1,12 +1,10 @@
 """The ccm stage and the PyTorch dataset over the documented folder layout."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import load_script
 from PIL import Image
 
 from ouroboros3d.cameras import plucker_rays
@@ -15,14 +13,6 @@ from ouroboros3d.config import params_from_dict
 from ouroboros3d.data import MultiViewDataset, layout, render_dataset, write_ccms
 
 RES, VIEWS = 16, 8
-
-
-def load_script(name):
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the `variants` params and train.py's --variant."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 import trimesh
 import yaml
-from conftest import tiny_raw
+from conftest import load_script, tiny_raw
 
 from ouroboros3d.build import build_model
 from ouroboros3d.config import ParamsError, params_from_dict
@@ -23,14 +22,6 @@ from ouroboros3d.data.pipeline import render_dataset
 from ouroboros3d.io import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    """An experiments/ script as a module (experiments/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +48,7 @@ def evaluated(tmp_path_factory):
         mp.setenv("OUROBOROS3D_CLEANFID_DIR", str(tmp / "cleanfid"))
         argv = ["--params", str(tmp / "params.yaml"), "--models", str(tmp / "models"), "--data", str(tmp / "data")]
         argv += ["--out", str(tmp / "eval"), "--variant", "tiny", "--no-progress"]
-        rc = _script("evaluate").main([*argv, "--metrics-out", str(tmp / "metrics.json")])
+        rc = load_script("evaluate").main([*argv, "--metrics-out", str(tmp / "metrics.json")])
     assert rc == 0
     return tmp
 
@@ -98,7 +89,7 @@ def test_evaluate_is_seeded_per_object(evaluated):
     argv = ["--params", str(evaluated / "params.yaml"), "--models", str(evaluated / "models")]
     argv += ["--data", str(evaluated / "data"), "--out", str(evaluated / "eval"), "--variant", "tiny"]
     argv += ["--max-objects", "1", "--name", "one", "--record-steps", "0", "--no-progress", "--batch-size", "1"]
-    assert _script("evaluate").main(argv) == 0
+    assert load_script("evaluate").main(argv) == 0
     alone = pd.read_csv(evaluated / "eval" / "one" / "per_object.csv").set_index("object_id")
     both = pd.read_csv(evaluated / "eval" / "tiny" / "per_object.csv").set_index("object_id")
     for col in ("mv_psnr", "3d_psnr", "cd"):
@@ -107,7 +98,7 @@ def test_evaluate_is_seeded_per_object(evaluated):
 
 def test_evaluate_reports_a_missing_model(evaluated, capsys):
     argv = ["--params", str(evaluated / "params.yaml"), "--models", str(evaluated / "nowhere")]
-    assert _script("evaluate").main(argv) == 2
+    assert load_script("evaluate").main(argv) == 2
     assert "model.safetensors" in capsys.readouterr().err
 
 
@@ -123,7 +114,7 @@ def test_tables_and_figures_from_the_runs(evaluated, tmp_path):
         report["sample"]["feedback_start"] = start
         (runs / name / "metrics.json").write_text(json.dumps(report))
     params = str(evaluated / "params.yaml")
-    assert _script("tables").main(["--params", params, "--eval", str(runs), "--out", str(tmp_path / "tables")]) == 0
+    assert load_script("tables").main(["--params", params, "--eval", str(runs), "--out", str(tmp_path / "tables")]) == 0
     table2 = (tmp_path / "tables" / "table2_ablation.md").read_text()
     assert "21.761" in table2 and "20.012" in table2  # the paper's numbers beside ours
     assert "| joint + CCM + RGB | main |" in table2  # `full` has main's switches: its row is main's run
@@ -134,7 +125,7 @@ def test_tables_and_figures_from_the_runs(evaluated, tmp_path):
     assert math.isnan(t3.paper_3d_psnr[1])
 
     argv = ["--eval", str(runs), "--out", str(tmp_path / "figures")]
-    assert _script("figures").main(argv) == 0
+    assert load_script("figures").main(argv) == 0
     for f in ("denoising_steps.png", "denoising_curves.png"):
         assert (tmp_path / "figures" / f).read_bytes()[:4] == b"\x89PNG"
     curves = pd.read_csv(tmp_path / "figures" / "denoising_curves.csv")
@@ -177,5 +168,5 @@ def test_bad_variants_and_evaluation_params_are_rejected(changes, message):
 
 
 def test_train_rejects_an_unknown_variant(capsys):
-    assert _script("train").main(["--params", str(ROOT / "params.yaml"), "--variant", "nope"]) == 2
+    assert load_script("train").main(["--params", str(ROOT / "params.yaml"), "--variant", "nope"]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err

@@ -1,13 +1,12 @@
 """The CPU renderer and the render stage: exact depth, clean masks, CCM consistency, skips, determinism."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import load_script
 
 from ouroboros3d.cameras import camera_rays, intrinsics, orbit_c2w, project
 from ouroboros3d.ccm import CCMNormalization, ccm_to_world, depth_to_ccm
@@ -16,16 +15,6 @@ from ouroboros3d.data import layout
 from ouroboros3d.data.mesh import normalize_to_unit_box
 from ouroboros3d.data.pipeline import DatasetTooSmallError, draw_view_angles, read_manifest, render_dataset
 from ouroboros3d.data.render import render_views
-
-
-def load_script(name):
-    """An experiments/ script as a module (experiments/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 render_script = load_script("render")
 HALF = np.array([0.5, 0.3, 0.2])  # a box already in the unit box: longest side 1, centred

@@ -1,14 +1,10 @@
 """The report's verdicts come from paired differences and their intervals, never by hand."""
 
-import importlib.util
-
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_script
 
-spec = importlib.util.spec_from_file_location("report", ROOT / "experiments" / "report.py")
-report = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(report)
+report = load_script("report")
 
 
 def _frame(values):

@@ -102,19 +102,12 @@ def test_lpips_without_pretrained_weights_is_unavailable_not_random(tmp_path, mo
 
 
 def test_train_stage_stops_with_a_clear_error_when_lpips_is_asked_for_but_missing(tmp_path, monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
-
     import yaml
-    from conftest import tiny_raw
+    from conftest import load_script, tiny_raw
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     raw = tiny_raw(train={"lpips_weight": 0.5})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    spec = importlib.util.spec_from_file_location(
-        "train_stage", Path(__file__).resolve().parents[1] / "experiments" / "train.py"
-    )
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = load_script("train")
     assert stage.main(["--params", str(tmp_path / "params.yaml")]) == 2
     assert "LPIPS" in capsys.readouterr().err
