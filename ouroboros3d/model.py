@@ -298,11 +298,13 @@ def sample(
     zeros = model.zero_feedback(like)
     window = feedback_window(steps, feedback_start)
     scales = guidance_scales(v, *guidance).to(x).view(1, v, 1, 1, 1)
-    uncond = model.condition(input_view, K, c2w, drop=torch.ones(b, dtype=torch.bool, device=x.device))
+    guided = tuple(guidance) != (1.0, 1.0)
+    # the unconditional branch: the same conditioning with the image dropped, as in training
+    uncond = cond | {k: torch.zeros_like(cond[k]) for k in ("cond_latent", "cond_embedding")}
 
     def denoiser(x, sigma, feedback=None, **c):
         out = model.denoiser(x, sigma, **c, feedback=feedback)
-        if guidance[1] == 1.0 and guidance[0] == 1.0:
+        if not guided:
             return out
         out_uncond = model.denoiser(x, sigma, **uncond, feedback=feedback)
         return out_uncond + scales * (out - out_uncond)
