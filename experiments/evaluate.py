@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="objects per batch (default: params)")
     parser.add_argument("--max-objects", type=int, default=None, help="only the first N eval objects (by id)")
     parser.add_argument("--record-steps", type=int, default=None, help="objects with per-step records (default params)")
+    parser.add_argument("--split", default="eval", choices=("eval", "val"), help="val: for choosing settings")
     parser.add_argument("--metrics-out", default=None, help="also write the means here (the DVC metrics file)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
@@ -258,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         sigma_min=sp.sigma_min,
         sigma_max=sp.sigma_max,
         guidance=tuple(sp.guidance),
+        guidance_sigmas=sp.guidance_sigmas,
         feedback_start=start_fb,
         reconstruct="every_step",
         sampler=SAMPLERS[sp.sampler],
     )
 
-    dataset = MultiViewDataset.for_split("eval", args.data, model_params.ccm.normalization)
+    dataset = MultiViewDataset.for_split(args.split, args.data, model_params.ccm.normalization)
     ids = dataset.object_ids[: args.max_objects] if args.max_objects else dataset.object_ids
     if dataset[0]["views"].shape[-1] != model_params.data.resolution:
         print(
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_steps": model_params.train.steps,
         },
         "sample": {k: v for k, v in sample_kwargs.items() if k != "sampler"} | {"sampler": sp.sampler},
+        "split": args.split,
         "objects": len(rows),
         "object_ids": ids,
         "protocol": {

@@ -1,8 +1,15 @@
-"""DVC stage `train`: joint training (Algorithm 1) on the rendered training split.
+"""DVC stages `pretrain_*`, `train` and `train_variant`: the components' pretraining, then
+every Table 2 model fine-tuned from them (the paper's own structure: SVD and LGM, then joint
+fine-tuning with feedback).
 
-Writes the EMA weights and the resolved params to ``models/<variant>/`` and the loss curve
-to ``results/train/<variant>/loss.csv``. The rolling checkpoint in
-``checkpoints/<variant>/`` persists across runs: re-running after a kill resumes from it.
+  python experiments/train.py --pretrain denoiser        # F as plain multi-view diffusion
+  python experiments/train.py --pretrain reconstructor   # G on ground-truth views
+  python experiments/train.py --variant main --init models/pretrain   # Algorithm 1, fine-tuned
+
+Writes the EMA weights and the resolved params to ``models/<name>/`` (``models/pretrain/<part>``
+for pretraining) and the loss curve to ``results/train/<name>/loss.csv``. The rolling
+checkpoint in ``checkpoints/<name>/<fingerprint>/`` persists across runs: re-running after a
+kill resumes from it. The fingerprint covers the params and the weights training starts from.
 """
 
 from __future__ import annotations
@@ -15,52 +22,78 @@ from pathlib import Path
 
 import torch
 
-from ouroboros3d.build import build_model, training_fingerprint
+from ouroboros3d.build import InitError, build_model, initialise, training_fingerprint
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.io import atomic_write_text, save_weights
 from ouroboros3d.perceptual import WeightsUnavailable, load_lpips
 from ouroboros3d.training import train
+from ouroboros3d.validation import stack_items, validation_scores
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument(
-        "--variant", default="main", help="main (the top-level params) or a name in params `variants` (Table 2)"
-    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--variant", default="main", help="main (the top-level params) or a name in params `variants`")
+    what.add_argument("--pretrain", choices=("denoiser", "reconstructor"), help="pretrain one component")
+    parser.add_argument("--init", help="folder with the pretrained denoiser/ and reconstructor/ to fine-tune from")
     parser.add_argument("--data", default="data", help="the data/ folder of the render and ccm stages")
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params).with_variant(args.variant)
-        lpips = load_lpips() if params.train.lpips_weight > 0 else None
-    except (ParamsError, WeightsUnavailable) as e:
+        params = load_params(args.params)
+        if args.pretrain:
+            # pretraining is feedback-free; G's pretraining is on ground-truth views (joint off)
+            params = dataclasses.replace(params, feedback=False, joint=args.pretrain != "reconstructor")
+            settings, objective = getattr(params.pretrain, args.pretrain), args.pretrain
+            name, out = f"pretrain_{args.pretrain}", Path("models/pretrain") / args.pretrain
+            init = {args.pretrain: getattr(params.model, f"{args.pretrain}_init")}
+        else:
+            params = params.with_variant(args.variant)
+            settings, objective = params.train, "joint"
+            name, out = args.variant, Path("models") / args.variant
+            init = {part: Path(args.init) / part if args.init else None for part in ("denoiser", "reconstructor")}
+        lpips = load_lpips() if settings.lpips_weight > 0 and objective != "denoiser" else None
+        dataset = MultiViewDataset.for_split("train", args.data, params.ccm.normalization)
+        torch.manual_seed(params.seed)
+        model = build_model(params)
+        initialise(model, params, init.get("denoiser"), init.get("reconstructor"))
+        fingerprint = training_fingerprint(dataclasses.replace(params, train=settings), tuple(init.values()))
+    except (ParamsError, WeightsUnavailable, InitError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    dataset = MultiViewDataset.for_split("train", args.data, params.ccm.normalization)
-    model = build_model(params)
-    fingerprint = training_fingerprint(params)
+    validate = None
+    if objective != "reconstructor":
+        val = MultiViewDataset.for_split("val", args.data, params.ccm.normalization)
+        val_batch = stack_items([val[i] for i in range(len(val))])
+        sp = params.sample
+
+        def validate(m):  # plain multi-view diffusion on the val split: Euler, no guidance
+            kwargs = dict(sigma_min=sp.sigma_min, sigma_max=sp.sigma_max, steps=sp.steps)
+            return validation_scores(m, val_batch, seed=params.seed, **kwargs)
+
     summary = train(
         model,
         dataset,
-        params.train,
-        # one folder per params fingerprint: experiments with other params never clobber it
-        Path("checkpoints") / args.variant / fingerprint,
-        Path("results/train") / args.variant / "loss.csv",
+        settings,
+        # one folder per fingerprint: experiments with other params never clobber it
+        Path("checkpoints") / name / fingerprint,
+        Path("results/train") / name / "loss.csv",
         seed=params.seed,
         fingerprint=fingerprint,
         lpips=lpips,
+        objective=objective,
+        validate=validate,
+        validate_every=settings.validate_every,
     )
     summary.pop("ema").copy_to(model)
-    out = Path("models") / args.variant
     save_weights(model, out / "model.safetensors")
     atomic_write_text(out / "params.json", json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
-    summary["objects"] = len(dataset)
-    summary["parameters"] = sum(p.numel() for p in model.parameters())
-    atomic_write_text(Path("results/train") / args.variant / "summary.json", json.dumps(summary, indent=2))
+    summary |= {"objects": len(dataset), "parameters": sum(p.numel() for p in model.parameters())}
+    summary["init"] = {k: None if v is None else str(v) for k, v in init.items()}
+    atomic_write_text(Path("results/train") / name / "summary.json", json.dumps(summary, indent=2))
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; final loss {summary['final_losses']}")
     return 0
 

@@ -1,15 +1,33 @@
-"""Build the model a params file describes, and fingerprint what shapes its training."""
+"""Build the model a params file describes, initialise it from pretrained parts, and
+fingerprint what shapes its training.
+
+One initialisation path serves every preset (:func:`initialise`): F and G each start from a
+local folder, either a model this project trained (``model.safetensors`` + ``params.json``,
+e.g. the pretraining stages' ``models/pretrain/denoiser``) or, for F, a diffusers UNet folder
+(SVD's ``unet``, the paper preset). Fine-tuning starts exactly from those weights; parts the
+pretrained model lacks (feedback networks) keep their zero-output initialisation.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
+
+import torch
 
 from .config import Params, ParamsError
 from .model import Ouroboros3D
 
-__all__ = ["build_model", "build_reconstructor", "denoiser_config", "training_fingerprint"]
+__all__ = [
+    "InitError",
+    "build_model",
+    "build_reconstructor",
+    "denoiser_config",
+    "initialise",
+    "training_fingerprint",
+]
 
 
 def denoiser_config(params: Params):
@@ -47,8 +65,6 @@ def build_model(params: Params) -> Ouroboros3D:
         PixelAutoencoder() if params.model.latent == "pixel" else VAEAutoencoder.from_folder(params.model.vae_path)
     )
     net = MultiViewDenoiser(denoiser_config(params))
-    if params.model.svd_path:
-        net.load_pretrained_unet(params.model.svd_path)
     return Ouroboros3D(
         autoencoder,
         net,
@@ -72,13 +88,90 @@ def build_reconstructor(params: Params):
         up_channels=r.up_channels,
         layers_per_block=r.layers_per_block,
         attention_head_dim=r.attention_head_dim,
-        timestep_conditioning=params.joint,
+        # always: a G pretrained on clean views (sigma = None) then loads into a jointly trained one
+        timestep_conditioning=True,
     )
 
 
-def training_fingerprint(params: Params) -> str:
-    """A hash of every param that changes what training computes; resume only on a match."""
+class InitError(ValueError):
+    """A pretrained folder is missing, malformed or was trained with an incompatible architecture."""
+
+
+# params that fix the architecture: a pretrained part must agree on all of them
+ARCHITECTURE_KEYS = ("preset", "camera", "ccm", "model")
+
+
+def _architecture(raw: dict) -> dict:
+    arch = {k: raw.get(k) for k in ARCHITECTURE_KEYS}
+    arch["resolution"] = (raw.get("data") or {}).get("resolution")
+    return arch
+
+
+def _differences(a, b, key: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{key}.{k}".strip("."))]
+    a, b = (list(v) if isinstance(v, tuple) else v for v in (a, b))
+    return [] if a == b else [f"{key}: {a!r} there, {b!r} here"]
+
+
+def _pretrained_state(folder: Path, params: Params, prefix: str) -> dict[str, torch.Tensor]:
+    """The ``prefix`` tensors of a model folder, refused when its params describe another architecture."""
+    from safetensors.torch import load_file
+
+    weights, meta = folder / "model.safetensors", folder / "params.json"
+    if not weights.is_file() or not meta.is_file():
+        raise InitError(f"{folder}: expected model.safetensors and params.json (a trained ouroboros3d model)")
+    diffs = _differences(_architecture(json.loads(meta.read_text())), _architecture(dataclasses.asdict(params)))
+    if diffs:
+        raise InitError(f"{folder} was trained with other params ({'; '.join(diffs[:3])}): re-run its stage")
+    return {k.removeprefix(prefix): v for k, v in load_file(str(weights)).items() if k.startswith(prefix)}
+
+
+def _load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, allow_new: tuple[str, ...]):
+    own = module.state_dict()
+    unknown = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_new))
+    if unknown or shapes or missing or not state:
+        what = (unknown and f"unexpected {unknown[:2]}") or (shapes and f"shape of {shapes[:2]}") or f"missing {missing[:2]}"
+        raise InitError(f"{folder} does not fit this model: {what}")
+    module.load_state_dict(state, strict=False)
+
+
+def initialise(model: Ouroboros3D, params: Params, denoiser: str | Path | None = None, reconstructor=None) -> None:
+    """Load F from ``denoiser`` and G from ``reconstructor`` (local folders; None keeps the init).
+
+    ``denoiser`` may be a diffusers UNet folder (``config.json``, SVD's ``unet``): its weights
+    go into F's UNet. Otherwise both are ouroboros3d model folders whose ``params.json`` must
+    agree with ``params`` on the architecture (:data:`ARCHITECTURE_KEYS`, the resolution).
+    """
+    if denoiser is not None:
+        folder = Path(denoiser)
+        if (folder / "config.json").is_file():
+            model.denoiser.net.load_pretrained_unet(folder)
+        else:
+            state = _pretrained_state(folder, params, "denoiser.net.")
+            _load_part(model.denoiser.net, state, folder, allow_new=("feedback_networks.",))
+    if reconstructor is not None:
+        folder = Path(reconstructor)
+        _load_part(model.reconstructor, _pretrained_state(folder, params, "reconstructor."), folder, allow_new=())
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def training_fingerprint(params: Params, init: tuple[str | Path | None, ...] = ()) -> str:
+    """A hash of every param that changes what training computes, and of the weights it starts
+    from (``init`` folders); resume only on a match."""
     keys = ("seed", "preset", "feedback", "feedback_maps", "joint", "camera", "ccm", "model", "train")
     raw = dataclasses.asdict(params)
-    blob = json.dumps({k: raw[k] for k in keys} | {"resolution": params.data.resolution}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    blob = {k: raw[k] for k in keys} | {"resolution": params.data.resolution}
+    starts = [_file_digest(Path(f) / "model.safetensors") for f in init if f is not None]
+    if starts:
+        blob["init"] = starts
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAMLError
 
 from .ccm import CCMNormalization
 
@@ -93,7 +93,9 @@ class DataParams:
     workers: int = 2
     min_objects: int = 4
     train: SplitParams = field(default_factory=SplitParams)
-    eval: SplitParams = field(default_factory=lambda: SplitParams("ycb", 20, (0.0, 20.0)))
+    # objects for choosing settings (learning study, sweeps): never trained on, never evaluated
+    val: SplitParams = field(default_factory=lambda: SplitParams("ycb", 10, (0.0, 20.0)))
+    eval: SplitParams = field(default_factory=lambda: SplitParams("ycb", 40, (0.0, 20.0)))
     eval_textured: bool = False
     folder: str | None = None
 
@@ -103,8 +105,9 @@ class DataParams:
         _check(self.workers >= 1, f"{key}.workers", "must be >= 1")
         _check(self.min_objects >= 1, f"{key}.min_objects", "must be >= 1")
         self.train.validate(f"{key}.train")
+        self.val.validate(f"{key}.val")
         self.eval.validate(f"{key}.eval")
-        uses_folder = "folder" in (self.train.source, self.eval.source)
+        uses_folder = "folder" in (self.train.source, self.val.source, self.eval.source)
         _check(
             not uses_folder or bool(self.folder), f"{key}.folder", "a split uses source 'folder' but no folder is set"
         )
@@ -143,7 +146,10 @@ class ReconstructorParams:
 class ModelParams:
     latent: Literal["pixel", "vae"] = "pixel"
     vae_path: str | None = None  # a local SVD folder (its `vae` subfolder) for latent: vae
-    svd_path: str | None = None  # optional local SVD folder whose UNet weights initialise F
+    # local folders the pretraining stages start from (None: from scratch): F from SVD's `unet`
+    # folder (diffusers) or an ouroboros3d model folder, G from an ouroboros3d model folder
+    denoiser_init: str | None = None
+    reconstructor_init: str | None = None
     denoiser: dict = field(default_factory=dict)  # overrides of DenoiserConfig.preset(preset)
     reconstructor: ReconstructorParams = field(default_factory=ReconstructorParams)
     recon_views: tuple[int, ...] = (0, 2, 4, 6)  # which of the V views G sees (the paper: 4 of 8)
@@ -163,6 +169,7 @@ class TrainSettings:
     lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 20
+    lr_decay_fraction: float = 1.0  # cosine decay to 10% over this last share of the steps, constant before
     ema_decay: float = 0.99
     grad_clip: float = 1.0
     cond_dropout: float = 0.1  # conditioning dropout, for classifier-free guidance
@@ -175,17 +182,33 @@ class TrainSettings:
     checkpoint_every: int = 50
     log_every: int = 10
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    recolour: bool = False  # permute each object's RGB channels, the same in all its views
+    validate_every: int = 0  # score the EMA on the val split every N steps (learning curve); 0: at the end
 
     def validate(self, key: str) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check(self.lr > 0, f"{key}.lr", "must be positive")
         _check(0 <= self.ema_decay < 1, f"{key}.ema_decay", "must lie in [0, 1)")
-        for name in ("cond_dropout", "feedback_prob"):
+        for name in ("cond_dropout", "feedback_prob", "lr_decay_fraction"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must lie in [0, 1]")
         _check(self.p_std > 0, f"{key}.p_std", "must be positive")
-        for name in ("recon_weight", "alpha_weight", "lpips_weight", "weight_decay", "grad_clip", "warmup_steps"):
+        for name in ("recon_weight", "alpha_weight", "lpips_weight", "weight_decay", "grad_clip", "warmup_steps",
+                     "validate_every"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """The components' pretraining, once, before every Table 2 model is fine-tuned from them:
+    F as plain multi-view diffusion (the paper's SVD) and G on ground-truth views (its LGM)."""
+
+    denoiser: TrainSettings = field(default_factory=TrainSettings)
+    reconstructor: TrainSettings = field(default_factory=TrainSettings)
+
+    def validate(self, key: str) -> None:
+        self.denoiser.validate(f"{key}.denoiser")
+        self.reconstructor.validate(f"{key}.reconstructor")
 
 
 @dataclass(frozen=True)
@@ -194,6 +217,7 @@ class SampleParams:
     sigma_min: float = 0.002
     sigma_max: float = 700.0
     guidance: tuple[float, float] = (1.0, 2.5)  # SVD's per-view scale, input view to last view
+    guidance_sigmas: tuple[float, float] | None = None  # guide only at sigma in [lo, hi]; null: every step
     feedback_start: float = 0.0  # feed back from this fraction of the steps on (Table 3)
     sampler: Literal["euler", "heun"] = "euler"
 
@@ -202,6 +226,8 @@ class SampleParams:
         _check(0 < self.sigma_min < self.sigma_max, f"{key}.sigma_min", "need 0 < sigma_min < sigma_max")
         _check(min(self.guidance) >= 1.0, f"{key}.guidance", f"scales must be >= 1, got {list(self.guidance)}")
         _check(0 <= self.feedback_start <= 1, f"{key}.feedback_start", "must lie in [0, 1]")
+        lo, hi = self.guidance_sigmas or (0.0, 0.0)
+        _check(0 <= lo <= hi, f"{key}.guidance_sigmas", f"need 0 <= lo <= hi, got {self.guidance_sigmas}")
 
 
 @dataclass(frozen=True)
@@ -247,6 +273,7 @@ class Params:
     ccm: CCMParams = field(default_factory=CCMParams)
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
     train: TrainSettings = field(default_factory=TrainSettings)
     sample: SampleParams = field(default_factory=SampleParams)
     evaluation: EvaluationParams = field(default_factory=EvaluationParams)
@@ -269,6 +296,7 @@ class Params:
         self.data.validate("data")
         _check(self.joint or not self.feedback, "joint", "3D feedback needs joint training (set feedback=false)")
         self.model.validate("model", self.camera.num_views)
+        self.pretrain.validate("pretrain")
         self.train.validate("train")
         self.sample.validate("sample")
         self.evaluation.validate("evaluation")
@@ -379,15 +407,23 @@ def params_from_dict(raw: dict) -> Params:
     return params
 
 
+def read_yaml(text: str) -> Any:
+    """Plain Python data from YAML 1.2, the version DVC writes when ``dvc exp run -S`` edits
+    params.yaml (YAML 1.1 loaders read its unquoted ``no`` as False)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; errors name the file and the offending key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    except YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     try:
         return params_from_dict(raw)
     except ParamsError as e:

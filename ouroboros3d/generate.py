@@ -400,6 +400,7 @@ def generate(
             sigma_min=params.sample.sigma_min,
             sigma_max=params.sample.sigma_max,
             guidance=params.sample.guidance,
+            guidance_sigmas=params.sample.guidance_sigmas,
             feedback_start=feedback_start,
             generator=generator,
             sampler=sampler,

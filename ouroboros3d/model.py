@@ -28,7 +28,17 @@ from .ccm import CCMNormalization, depth_to_ccm
 from .gaussians import Gaussians
 from .splatting import render
 
-__all__ = ["Ouroboros3D", "Reconstruction", "SampleResult", "StepRecord", "sample", "training_losses"]
+__all__ = [
+    "Ouroboros3D",
+    "Reconstruction",
+    "SampleResult",
+    "StepRecord",
+    "denoiser_losses",
+    "reconstructor_losses",
+    "recolour",
+    "sample",
+    "training_losses",
+]
 
 
 @dataclass
@@ -76,9 +86,17 @@ class Ouroboros3D(nn.Module):
         # joint: G learns from F's noisy predictions and sees sigma; otherwise from clean views
         self.joint = joint
 
-    def forward(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator, **kwargs) -> dict:
-        """Algorithm 1's losses (see :func:`training_losses`); ``forward`` so DDP can wrap the model."""
-        return training_losses(self, batch, generator, **kwargs)
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], generator: torch.Generator, objective: str = "joint", **kwargs
+    ) -> dict:
+        """A training objective's losses; ``forward`` so DDP can wrap the model.
+
+        ``objective``: "joint" (Algorithm 1, :func:`training_losses`), "denoiser" (F alone,
+        :func:`denoiser_losses`) or "reconstructor" (G alone, :func:`reconstructor_losses`).
+        """
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown training objective {objective!r}; have {sorted(OBJECTIVES)}")
+        return OBJECTIVES[objective](self, batch, generator, **kwargs)
 
     @property
     def has_feedback(self) -> bool:
@@ -154,6 +172,90 @@ class LossWeights:
     lpips: float = 0.0  # LPIPS inside the reconstruction loss; needs pretrained weights
 
 
+def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The batch with each object's RGB channels permuted, the same way in every view.
+
+    The renders are Lambertian under white light on a white background, so a channel
+    permutation is an exact render of the same shape in another colour: six colours per
+    object for free, and the model cannot memorise shape -> colour; it must copy the colour
+    from the input view.
+    """
+    views = batch["views"]
+    perms = [torch.randperm(3, generator=generator) for _ in range(views.shape[0])]
+    index = torch.stack(perms).to(views.device)
+    out = dict(batch)
+    out["views"] = torch.stack([v[:, p] for v, p in zip(views, index, strict=True)])
+    out["input_view"] = out["views"][:, 0]
+    return out
+
+
+def _noisy(model: Ouroboros3D, x: torch.Tensor, generator: torch.Generator, p_mean: float, p_std: float):
+    sigma = edm.sample_training_sigma(x.shape[0], p_mean, p_std, generator).to(x.device)
+    noise = torch.randn(x.shape, generator=generator).to(x)
+    return sigma, x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise
+
+
+def denoiser_losses(
+    model: Ouroboros3D,
+    batch: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    cond_dropout: float = 0.1,
+    p_mean: float = 1.0,
+    p_std: float = 1.6,
+    **_: object,
+) -> dict[str, torch.Tensor]:
+    """F alone as plain multi-view diffusion (eq. 3), no G and no feedback: F's pretraining,
+    the analogue of SVD fine-tuned to orbits. Feedback networks, if any, see zero maps."""
+    views, K, c2w = batch["views"], batch["K"], batch["c2w"]
+    b = views.shape[0]
+    x = model.autoencoder.encode(views)
+    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std)
+    drop = torch.rand(b, generator=generator).to(views.device) < cond_dropout
+    cond = model.condition(batch["input_view"], K, c2w, drop=drop)
+    pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
+    loss_mv = (edm.loss_weight(sigma) * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
+    return {"loss_mv": loss_mv, "loss": loss_mv}
+
+
+def reconstruction_loss(
+    recon: Reconstruction,
+    batch: Mapping[str, torch.Tensor],
+    weights: LossWeights,
+    lpips: nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
+    """G's loss: RGB MSE + silhouette MSE (+ LPIPS) of its renders against the true views (LGM's)."""
+    views = batch["views"]
+    loss_rgb = F.mse_loss(recon.rgb, views)
+    loss_alpha = F.mse_loss(recon.alpha, batch["alpha"])
+    loss_recon = loss_rgb + weights.alpha * loss_alpha
+    out = {"loss_rgb": loss_rgb, "loss_alpha": loss_alpha}
+    if weights.lpips > 0:
+        if lpips is None:
+            raise ValueError("an LPIPS weight > 0 needs an LPIPS model (ouroboros3d.perceptual.load_lpips)")
+        loss_lpips = lpips(recon.rgb.flatten(0, 1) * 2 - 1, views.flatten(0, 1) * 2 - 1).mean()
+        loss_recon = loss_recon + weights.lpips * loss_lpips
+        out["loss_lpips"] = loss_lpips
+    out["loss_recon"] = loss_recon
+    return out
+
+
+def reconstructor_losses(
+    model: Ouroboros3D,
+    batch: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    weights: LossWeights = LossWeights(),
+    lpips: nn.Module | None = None,
+    **_: object,
+) -> dict[str, torch.Tensor]:
+    """G alone on the ground-truth views: G's pretraining, the analogue of LGM."""
+    recon = model.reconstruct(batch["views"], batch["K"], batch["c2w"], None)
+    out = reconstruction_loss(recon, batch, weights, lpips)
+    out["loss"] = weights.recon * out["loss_recon"]
+    return out
+
+
 def training_losses(
     model: Ouroboros3D,
     batch: Mapping[str, torch.Tensor],
@@ -180,9 +282,7 @@ def training_losses(
         return torch.rand(*shape, generator=generator).to(device)
 
     x = model.autoencoder.encode(views)
-    sigma = edm.sample_training_sigma(b, p_mean, p_std, generator).to(device)
-    noise = torch.randn(x.shape, generator=generator).to(x)
-    noisy_x = x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise
+    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std)
     cond = model.condition(batch["input_view"], K, c2w, drop=rand(b) < cond_dropout)
 
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
@@ -193,20 +293,17 @@ def training_losses(
         pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=recon.feedback(model.feedback_maps))
 
     loss_mv = (edm.loss_weight(sigma) * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
-    loss_rgb = F.mse_loss(recon.rgb, views)
-    loss_alpha = F.mse_loss(recon.alpha, batch["alpha"])
-    loss_recon = loss_rgb + weights.alpha * loss_alpha
-    out = {"loss_mv": loss_mv, "loss_rgb": loss_rgb, "loss_alpha": loss_alpha}
-    if weights.lpips > 0:
-        if lpips is None:
-            raise ValueError("an LPIPS weight > 0 needs an LPIPS model (ouroboros3d.perceptual.load_lpips)")
-        loss_lpips = lpips(recon.rgb.flatten(0, 1) * 2 - 1, views.flatten(0, 1) * 2 - 1).mean()
-        loss_recon = loss_recon + weights.lpips * loss_lpips
-        out["loss_lpips"] = loss_lpips
-    out["loss_recon"] = loss_recon
-    out["loss"] = loss_mv + weights.recon * loss_recon
+    out = {"loss_mv": loss_mv, **reconstruction_loss(recon, batch, weights, lpips)}
+    out["loss"] = loss_mv + weights.recon * out["loss_recon"]
     out["second_pass"] = torch.tensor(float(second_pass))
     return out
+
+
+OBJECTIVES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
+    "joint": training_losses,
+    "denoiser": denoiser_losses,
+    "reconstructor": reconstructor_losses,
+}
 
 
 # --- Algorithm 2 -------------------------------------------------------------------
@@ -259,6 +356,7 @@ def sample(
     sigma_min: float = 0.002,
     sigma_max: float = 700.0,
     guidance: tuple[float, float] = (1.0, 2.5),
+    guidance_sigmas: tuple[float, float] | None = None,
     feedback_start: float = 0.0,
     reconstruct: str = "every_step",
     generator: torch.Generator | None = None,
@@ -277,6 +375,9 @@ def sample(
     ``on_step``, if given, is called once per step with ``{"i", "steps", "sigma", "record"}``,
     where ``record`` is that step's :class:`StepRecord` (None unless ``reconstruct`` is
     "every_step"): for progress bars and for keeping only some steps' records.
+
+    ``guidance_sigmas`` = (lo, hi) applies the guidance only at noise levels in that interval
+    (Kynkäänniemi et al. 2024); None applies it at every step.
 
     ``noise`` (B, V, C, h, w), standard normal, replaces the draw from ``generator``: a
     caller that seeds each object's noise gets results independent of the batch size.
@@ -304,7 +405,7 @@ def sample(
 
     def denoiser(x, sigma, feedback=None, **c):
         out = model.denoiser(x, sigma, **c, feedback=feedback)
-        if not guided:
+        if not guided or (guidance_sigmas is not None and not guidance_sigmas[0] <= sigma <= guidance_sigmas[1]):
             return out
         out_uncond = model.denoiser(x, sigma, **uncond, feedback=feedback)
         return out_uncond + scales * (out - out_uncond)

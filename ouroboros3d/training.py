@@ -9,6 +9,7 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainSettings
 from .io import save_tensors
-from .model import LossWeights, Ouroboros3D
+from .model import LossWeights, Ouroboros3D, recolour
 
 __all__ = ["EMA", "TrainSettings", "batch_indices", "load_checkpoint", "save_checkpoint", "train"]
 
@@ -117,10 +118,13 @@ def load_checkpoint(
 
 
 def _lr_factor(step: int, settings: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    """Linear warm-up, constant, then cosine decay to 10% over the last ``lr_decay_fraction`` of the steps."""
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    decay_start = max(settings.warmup_steps, round(settings.steps * (1 - settings.lr_decay_fraction)))
+    if step < decay_start:
+        return 1.0
+    progress = (step - decay_start) / max(1, settings.steps - decay_start)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -134,11 +138,29 @@ def _rewrite_log(path: Path, upto_step: int) -> None:
     if not path.exists():
         return
     with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or LOG_FIELDS
+        rows = [r for r in reader if int(r["step"]) <= upto_step]
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _append_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _validate_ema(model: nn.Module, ema: EMA, validate: Callable[[nn.Module], dict]) -> dict:
+    """``validate`` on a copy of ``model`` holding the EMA weights (the weights that get shipped)."""
+    shadow = copy.deepcopy(model)
+    ema.copy_to(shadow)
+    return validate(shadow)
 
 
 def train(
@@ -154,12 +176,17 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     on_step: Callable[[int, dict], None] | None = None,
+    objective: str = "joint",
+    validate: Callable[[nn.Module], dict] | None = None,
+    validate_every: int = 0,
 ) -> dict:
     """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint_dir/last.safetensors``.
 
     A checkpoint whose fingerprint (a hash of the params that shape training) differs is
     not resumed: training starts over and says so. ``stop_after`` ends the run early after
-    that many steps of this call (tests use it to simulate a kill). Returns a summary.
+    that many steps of this call (tests use it to simulate a kill). ``validate(model)``, if
+    given, scores the EMA weights at the end and every ``validate_every`` steps (0: only at the end); its rows go
+    to ``val.csv`` beside ``log_path`` (a learning curve). Returns a summary.
     """
     from accelerate import Accelerator
 
@@ -182,9 +209,11 @@ def train(
         else:
             accelerator.print(f"{last} was written with other params: training from scratch")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    if start == 0:
-        log_path.unlink(missing_ok=True)
-    _rewrite_log(log_path, start)
+    val_path = log_path.with_name("val.csv")
+    for path in (log_path, val_path):
+        if start == 0:
+            path.unlink(missing_ok=True)
+        _rewrite_log(path, start)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
@@ -205,10 +234,14 @@ def train(
                 group["lr"] = settings.lr * _lr_factor(step, settings)
             idx = batch_indices(len(dataset), settings.batch_size * world, step, seed)
             batch = _collate([dataset[i] for i in idx[rank::world]], accelerator.device)
+            generator = step_generator(seed, step)
+            if settings.recolour:
+                batch = recolour(batch, generator)
             with accelerator.autocast():
                 losses = model(
                     batch,
-                    step_generator(seed, step),
+                    generator,
+                    objective=objective,
                     feedback_prob=settings.feedback_prob,
                     cond_dropout=settings.cond_dropout,
                     p_mean=settings.p_mean,
@@ -224,15 +257,18 @@ def train(
             optimizer.step()
             ema.update(accelerator.unwrap_model(model))
             values = {k: float(v.detach()) for k, v in losses.items()}
-            bar.set_postfix(
-                loss=f"{values['loss']:.4f}", mv=f"{values['loss_mv']:.4f}", rec=f"{values['loss_recon']:.4f}"
-            )
+            bar.set_postfix({k.removeprefix("loss_"): f"{values[k]:.4f}" for k in LOG_FIELDS if k in values})
             done = step + 1
             if rank == 0 and (done % settings.log_every == 0 or done == settings.steps):
                 row = {k: values.get(k, "") for k in LOG_FIELDS} | {"step": done}
                 row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
                 writer.writerow(row)
                 log_file.flush()
+            due = done == settings.steps or (validate_every and done % validate_every == 0)
+            if rank == 0 and validate is not None and due:
+                scores = _validate_ema(accelerator.unwrap_model(model), ema, validate)
+                _append_row(val_path, {"step": done} | scores)
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
                 save_checkpoint(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint)
             if on_step is not None:

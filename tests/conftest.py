@@ -32,6 +32,7 @@ TINY = {
         "resolution": 16,
         "min_objects": 1,
         "train": {"max_objects": 3},
+        "val": {"max_objects": 2},
         "eval": {"max_objects": 2},
     },
     "camera": {"view_frames": [0, 4, 8, 12]},
@@ -53,6 +54,10 @@ TINY = {
             "attention_head_dim": 8,
         },
         "recon_views": [0, 2],
+    },
+    "pretrain": {
+        "denoiser": {"steps": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "validate_every": 1},
+        "reconstructor": {"steps": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1},
     },
     "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "lr": 1e-3},
     "sample": {"steps": 3, "guidance": [1.0, 2.0]},

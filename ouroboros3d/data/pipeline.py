@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -57,7 +58,7 @@ __all__ = [
     "select_objects",
 ]
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "val", "eval")
 MANIFEST_COLUMNS = [
     "object_id",
     "split",
@@ -136,14 +137,24 @@ def select_objects(objects: list[MeshObject], max_objects: int, seed: int, split
     return objects
 
 
+def plan_objects(params: Params, split: str) -> list[MeshObject]:
+    """The objects a split draws from its source (without the opt-in textured scans)."""
+    split_params = getattr(params.data, split)
+    objects = make_source(split_params.source, params.data).objects()
+    return select_objects(objects, split_params.max_objects, params.seed, split)
+
+
 def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = False) -> list[ObjectJob]:
-    """The render jobs of one split (``"train"`` or ``"eval"``)."""
+    """The render jobs of one split: ``"train"``, ``"val"`` (for choosing settings) or ``"eval"``."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; have {SPLITS}")
     split_params = getattr(params.data, split)
-    objects = select_objects(
-        make_source(split_params.source, params.data).objects(), split_params.max_objects, params.seed, split
-    )
+    candidates = make_source(split_params.source, params.data).objects()
+    if split == "val" and split_params.source == params.data.eval.source:
+        # validation objects come from the eval source but never from the eval split itself
+        held = {o.object_id for o in plan_objects(params, "eval")}
+        candidates = [o for o in candidates if o.object_id not in held]
+    objects = select_objects(candidates, split_params.max_objects, params.seed, split)
     if split == "eval" and params.data.eval_textured and split_params.source != "libero":
         objects += make_source("libero", params.data).objects()
     settings = RenderSettings.from_params(params)
@@ -264,13 +275,14 @@ def read_manifest(out_dir: str | Path) -> pd.DataFrame:
 
 
 def _check_disjoint(manifest: pd.DataFrame) -> None:
-    """Train and eval must never share an object (ids carry the source name, so this is per source too)."""
+    """No two splits may share an object (ids carry the source name, so this is per source too)."""
     ok = manifest[manifest.status == "ok"]
-    shared = sorted(set(ok.object_id[ok.split == "train"]) & set(ok.object_id[ok.split == "eval"]))
-    if shared:
-        raise ValueError(
-            f"train and eval share {len(shared)} object(s), e.g. {shared[:3]}: give the splits different sources"
-        )
+    for a, b in itertools.combinations(SPLITS, 2):
+        shared = sorted(set(ok.object_id[ok.split == a]) & set(ok.object_id[ok.split == b]))
+        if shared:
+            raise ValueError(
+                f"{a} and {b} share {len(shared)} object(s), e.g. {shared[:3]}: give the splits different sources"
+            )
 
 
 def _summary(manifest: pd.DataFrame, split: str) -> str:
