@@ -142,6 +142,14 @@ class Evaluator:
         for k in IMAGE_METRICS:
             if f"mv_{k}" in columns:
                 columns[f"delta_{k}"] = columns[f"mv_{k}"] - columns[f"3d_{k}"]
+        # references: G on the ground-truth views (the ceiling of the 3D columns) and the
+        # 1-step sample D(sigma_max * noise; sigma_max), the model's conditional mean
+        with torch.no_grad():
+            recon_gt = self.model.reconstruct(gt_views, stack["K"], stack["c2w"], None)
+        columns |= self.images(recon_gt.rgb, gt_views, "recon_gt")
+        one_step = dict(self.sample_kwargs, steps=1, guidance=(1.0, 1.0), reconstruct="none", noise=kwargs["noise"])
+        x0 = sample(self.model, stack["input_view"], stack["K"], stack["c2w"], **one_step).views
+        columns |= self.images(x0, gt_views, "x0")
         copy = metrics.copy_input_baseline(stack["input_view"], v)
         columns |= self.images(copy, gt_views, "copy_input")
         columns |= self.images(metrics.white_baseline(gt_views), gt_views, "white")

@@ -10,7 +10,9 @@ For each run (a label and an experiments/evaluate.py results folder whose ``step
 * ``denoising_curves.png``: 3D render PSNR (non-input views) and Chamfer distance against
   the denoising step, the mean over the recorded objects, one line per run;
 * ``denoising_curves.csv``: the same curves (``step, sigma, psnr_3d_<label>, cd_<label>``),
-  declared as a DVC plot.
+  declared as a DVC plot;
+* ``learning_curves.png``: the validation-split PSNR of every training run with a ``val.csv``
+  (``--train``) against its steps, beside the trivial baselines.
 
 By default the runs are the main model with feedback at every step and the same model with
 no feedback at inference (``--feedback-start 1.0``): the same weights, the only difference
@@ -120,6 +122,25 @@ def curves_figure(table: pd.DataFrame, labels: list[str]):
     return fig
 
 
+def learning_figure(train_dir: Path):
+    """Validation-split PSNR against training steps, one panel per training run with a val.csv."""
+    curves_ = {p.parent.name: pd.read_csv(p) for p in sorted(train_dir.glob("*/val.csv"))}
+    if not curves_:
+        return None
+    fig, axes = plt.subplots(1, len(curves_), figsize=(4.2 * len(curves_), 3.4), squeeze=False, sharey=True)
+    for ax, (name, df) in zip(axes[0], curves_.items(), strict=True):
+        ax.plot(df["step"], df["mv_psnr"], "o-", label="sampled views (no G)")
+        ax.plot(df["step"], df["x0_psnr"], "s-", label="1-step: D(σ_max)")
+        ax.axhline(df["copy_input_psnr"].iloc[-1], color="k", ls="--", lw=1, label="copy input view")
+        ax.axhline(df["white_psnr"].iloc[-1], color="grey", ls=":", lw=1, label="white image")
+        ax.set(title=name, xlabel="training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].set_ylabel("PSNR of non-input views, val split (dB)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150, metadata={"Software": None})
@@ -133,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", nargs="+", default=["feedback=main", "no_feedback=main-fs1.0"], help="label=run folder pairs"
     )
+    parser.add_argument("--train", default="results/train", help="training runs whose val.csv give learning curves")
     parser.add_argument("--out", default="results/figures")
     parser.add_argument("--view", type=int, default=None, help="view shown (default: the middle view, not the input)")
     parser.add_argument("--columns", type=int, default=6, help="denoising steps shown")
@@ -160,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out / "denoising_curves.csv", buffer.getvalue().encode())
     atomic_write_bytes(out / "denoising_steps.png", _png(steps_figure(runs, view, args.columns, args.objects)))
     atomic_write_bytes(out / "denoising_curves.png", _png(curves_figure(table, list(runs))))
+    learning = learning_figure(Path(args.train))
+    if learning is not None:
+        atomic_write_bytes(out / "learning_curves.png", _png(learning))
     print(f"wrote {out / 'denoising_steps.png'}, {out / 'denoising_curves.png'}, {out / 'denoising_curves.csv'}")
     return 0
 

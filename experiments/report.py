@@ -7,6 +7,7 @@ hand. Verdicts are computed from paired per-object differences and their 95% t-i
 
   {{setup}}           data, model and training sizes of this run
   {{training}}        per trained model: steps, wall time, final losses
+  {{learning}}        validation-split learning curves (results/train/*/val.csv)
   {{main_metrics}}    the main model's metrics.json
   {{table2}}          results/tables/table2_ablation.md (body)
   {{table3}}          results/tables/table3_feedback_window.md (body)
@@ -93,6 +94,15 @@ def claims_table(results: Path, variants: list[str]) -> str:
             other = _per_object(results, name)
             add(claim, main, other, "3d_psnr", True, 2)
             add("... geometry", main, other, "cd", False, 4)
+    if main is not None:  # the model against the trivial baselines on the same objects
+        for ours, base, text in (
+            ("3d_psnr", "copy_input_psnr", "3D renders beat copying the input view into every view"),
+            ("mv_psnr", "copy_input_psnr", "generated views beat copying the input view"),
+            ("mv_psnr", "white_psnr", "generated views beat a blank white image"),
+        ):
+            if {ours, base} <= set(main.columns):
+                d = paired(main[[ours]], main[[base]].rename(columns={base: ours}), ours)
+                rows.append((f"(sanity) {text}", f"{ours} − {base}", _fmt(d, 2), verdict(d, True)))
     if main is not None and {"mv_psnr", "3d_psnr"} <= set(main.columns):
         gap = main["mv_psnr"] - main["3d_psnr"]
         rows.append(
@@ -128,20 +138,46 @@ def _training(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _schedule(t) -> str:
+    decay = f"constant, cosine decay over the last {t.lr_decay_fraction:.0%}" if t.lr_decay_fraction < 1 else "cosine"
+    return (
+        f"{t.steps} steps of {t.batch_size} objects, AdamW lr {t.lr} ({decay}), EMA {t.ema_decay}, "
+        f"ln σ ~ N({t.p_mean}, {t.p_std}²), recolouring {'on' if t.recolour else 'off'}"
+    )
+
+
 def _setup(params) -> str:
     d, m, t, s = params.data, params.model, params.train, params.sample
+    pre = params.pretrain
     return (
-        f"- data: {d.train.max_objects} `{d.train.source}` training objects, {d.eval.max_objects} `{d.eval.source}` "
-        f"eval objects, {params.camera.num_views} views at {d.resolution}², elevation {list(d.train.elevation_deg)}° "
-        f"(train) / {list(d.eval.elevation_deg)}° (eval)\n"
+        f"- data: {d.train.max_objects} `{d.train.source}` training objects, {d.val.max_objects} `{d.val.source}` "
+        f"validation objects (for choosing settings), {d.eval.max_objects} `{d.eval.source}` eval objects, "
+        f"{params.camera.num_views} views at {d.resolution}², elevation {list(d.train.elevation_deg)}° "
+        f"(train) / {list(d.eval.elevation_deg)}° (val, eval)\n"
         f"- model: preset `{params.preset}`, latent `{m.latent}`, reconstructor input {m.reconstructor.image_size}² "
         f"from views {list(m.recon_views)}, {m.reconstructor.splat_size}² splats per view\n"
-        f"- training: {t.steps} steps of {t.batch_size} objects, AdamW lr {t.lr}, EMA {t.ema_decay}, "
+        f"- pretraining F (plain multi-view diffusion, the SVD analogue): {_schedule(pre.denoiser)}\n"
+        f"- pretraining G (on ground-truth views, the LGM analogue): {_schedule(pre.reconstructor)}\n"
+        f"- fine-tuning every Table 2 model from them: {_schedule(t)}, "
         f"LPIPS weight {t.lpips_weight}, second pass with probability {t.feedback_prob}\n"
-        f"- sampling: {s.steps} Euler steps, sigma {s.sigma_max} → {s.sigma_min}, guidance {list(s.guidance)}\n"
+        f"- sampling: {s.steps} {s.sampler.capitalize()} steps, sigma {s.sigma_max} → {s.sigma_min}, "
+        f"guidance {list(s.guidance)}" + (f" for σ in {list(s.guidance_sigmas)}" if s.guidance_sigmas else "") + "\n"
         f"- seed {params.seed}; ablation switches: feedback={params.feedback}, maps={list(params.feedback_maps)}, "
         f"joint={params.joint}; variants trained: {list(params.train_variants)}\n"
     )
+
+
+def _learning(results: Path) -> str:
+    """The validation-split learning curves of the pretraining and fine-tuning runs."""
+    lines = [
+        "| run | step | 1-step x0 PSNR | sampled MV PSNR | copy-input PSNR | white PSNR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in sorted((results / "train").glob("*/val.csv")):
+        for row in pd.read_csv(path).itertuples(index=False):
+            cells = [f"{getattr(row, k):.2f}" for k in ("x0_psnr", "mv_psnr", "copy_input_psnr", "white_psnr")]
+            lines.append(f"| {path.parent.name} | {row.step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else "(no validation curves: run `dvc repro`)\n"
 
 
 def render_report(template: str, params, results: Path) -> str:
@@ -149,6 +185,7 @@ def render_report(template: str, params, results: Path) -> str:
     fills = {
         "setup": _setup(params),
         "training": _training(results),
+        "learning": _learning(results),
         "main_metrics": "```json\n" + (main_metrics.read_text() if main_metrics.exists() else "{}") + "```\n",
         "table2": _table_body(results / "tables" / "table2_ablation.md"),
         "table3": _table_body(results / "tables" / "table3_feedback_window.md"),

@@ -11,9 +11,10 @@ feedback start), not by folder name.
 Table 2, one row per block of params ``variants``: its run ``results/eval/<variant>``, or the
 main model's run when the main model has the same switches (so the default ``full`` variant
 need not be trained twice). Table 3: the main model sampled with feedback from
-``feedback_start`` of the way on (0 = every step). Both tables add the trivial baselines (the
-input view copied to every view, a blank white image) and, for geometry, the oracle (the
-ground-truth depth maps' points), all through the same metric code.
+``feedback_start`` of the way on (0 = every step). Both tables add reference rows (G on the
+ground-truth views, the 1-step sample), the trivial baselines (the input view copied to every
+view, a blank white image) and, for geometry, the oracle (the ground-truth depth maps'
+points), all through the same metric code.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ PAPER_TABLE2 = {
 # Table 3 of the paper (3DGS renders), keyed by the fraction of the 25 steps before feedback starts
 PAPER_TABLE3 = {0.0: (21.761, 0.9094, 0.0991), 0.4: (21.633, 0.9099, 0.1021), 0.8: (20.805, 0.8957, 0.1101)}
 DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "cd": 4, "fscore": 3}
-TRIVIAL = {"copy_input": "trivial: input view copied to every view", "white": "trivial: blank white image"}
+# reference rows, scored by the same metric code on the same objects as the run they come from
+TRIVIAL = {
+    "recon_gt": "reference: G on the ground-truth views (ceiling of the 3D columns)",
+    "x0": "reference: 1-step sample D(σ_max), the model's conditional mean",
+    "copy_input": "trivial: input view copied to every view",
+    "white": "trivial: blank white image",
+}
 
 
 def load_runs(eval_dir: str | Path) -> dict[str, dict]:

@@ -83,9 +83,12 @@ class EDMPrecond(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
-        s = _per_sample(sigma, x)
-        f = self.net(c_in(s) * x, c_noise(s).flatten(), **cond)
-        return c_skip(s) * x + c_out(s) * f
+        # the scalings in float32, whatever the net's precision: sigma^2 at SVD's sigma_max = 700
+        # is 490,000, beyond float16 (as NVlabs/edm)
+        x32 = x.to(torch.float32)
+        s = _per_sample(sigma, x32)
+        f = self.net((c_in(s) * x32).to(x.dtype), c_noise(s).flatten(), **cond)
+        return (c_skip(s) * x32 + c_out(s) * f.to(torch.float32)).to(x.dtype)
 
 
 def sample_training_sigma(

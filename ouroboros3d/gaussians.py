@@ -20,12 +20,14 @@ SH DC coefficient, ``C0 = 0.28209479177387814``), ``opacity = logit(opacity)``,
 from __future__ import annotations
 
 import os
-import tempfile
+import io
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io import atomic_write_bytes
 
 __all__ = ["SH_C0", "Gaussians", "load_ply", "rgb_to_sh_dc", "save_ply", "sh_dc_to_rgb"]
 
@@ -154,15 +156,9 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians, min_opacity: float =
         vertex[name] = columns[:, i]
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    PlyData([PlyElement.describe(vertex, "vertex")], byte_order="<").write(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -33,21 +33,35 @@ LOG_FIELDS = ("step", "loss", "loss_mv", "loss_recon", "loss_rgb", "loss_alpha",
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point parameters."""
+    """Exponential moving average of a model's trainable parameters, with warm-up.
+
+    The decay at update n is ``min(decay, (1 + n) / (10 + n))`` (diffusers' ``EMAModel``
+    and k-diffusion's warm-up): early averages forget the initial weights fast, so a short
+    run's EMA does not keep a share of its random initialisation. Frozen parameters (a
+    pretrained VAE or CLIP) are not averaged: they never change.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+        self.updates = 0
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        self.updates += 1
         for k, p in model.named_parameters():
-            self.shadow[k].lerp_(p.detach(), 1.0 - self.decay)
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach(), 1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         for k, p in model.named_parameters():
-            p.copy_(self.shadow[k])
+            if k in self.shadow:
+                p.copy_(self.shadow[k])
 
 
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -84,6 +98,7 @@ def save_checkpoint(
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
     metadata = {"step": str(step), "fingerprint": fingerprint, "param_groups": json.dumps(groups)}
+    metadata["ema_updates"] = str(ema.updates)
     save_tensors(path, tensors, metadata)
 
 
@@ -103,6 +118,7 @@ def load_checkpoint(
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for k in ema.shadow:
         ema.shadow[k].copy_(tensors[f"ema.{k}"])
+    ema.updates = int(meta.get("ema_updates", meta["step"]))
     params = dict(model.named_parameters())
     for group, saved in zip(optimizer.param_groups, json.loads(meta["param_groups"]), strict=True):
         group.update({k: v for k, v in saved.items() if k != "params"})
@@ -190,9 +206,7 @@ def train(
     """
     from accelerate import Accelerator
 
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=settings.mixed_precision, step_scheduler_with_optimizer=False
-    )
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=settings.mixed_precision)
     checkpoint_dir, log_path = Path(checkpoint_dir), Path(log_path)
     last = checkpoint_dir / "last.safetensors"
     model.to(accelerator.device)

@@ -1,0 +1,171 @@
+"""The learning study: what makes the denoiser F learn at laptop scale, measured on the val split.
+
+    python benchmarks/learning_study.py noise    [--steps 300]   # noise distributions, same budget
+    python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
+    python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
+    python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
+
+Every number is on the validation split (objects neither trained on nor evaluated), through
+:func:`ouroboros3d.validation.validation_scores`: the 1-step sample D(σ_max) (the
+conditional mean), a full sample of plain multi-view diffusion (no G) and the trivial
+baselines. ``noise`` and ``size`` pretrain F from scratch with the params' ``pretrain.denoiser``
+settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed weights.
+Results go to ``results/study/<part>.csv`` (committed); ``figure`` draws them.
+Run after ``dvc repro render ccm`` (it needs the rendered data). Takes minutes per run on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ouroboros3d.build import build_model, initialise
+from ouroboros3d.config import load_params
+from ouroboros3d.data.dataset import MultiViewDataset
+from ouroboros3d.io import atomic_write_bytes
+from ouroboros3d.training import train
+from ouroboros3d.validation import stack_items, validation_scores
+
+OUT = Path("results/study")
+# (label, p_mean, p_std): the pretraining's earlier setting, EDM2's pixel preset, the paper's
+NOISE = [("EDM N(-1.2, 1.2)", -1.2, 1.2), ("EDM2 N(-0.8, 1.6)", -0.8, 1.6), ("paper N(1.0, 1.6)", 1.0, 1.6)]
+# (label, guidance, guidance_sigmas, sampler, steps)
+SAMPLING = [
+    ("Euler 25, no guidance", (1.0, 1.0), None, "euler", 25),
+    ("Euler 25, guidance 1.5", (1.0, 1.5), None, "euler", 25),
+    ("Euler 25, guidance 2.5 (SVD)", (1.0, 2.5), None, "euler", 25),
+    ("Euler 25, guidance 2.5 for σ in [0.3, 5]", (1.0, 2.5), (0.3, 5.0), "euler", 25),
+    ("Heun 12, no guidance", (1.0, 1.0), None, "heun", 12),
+    ("Heun 18, no guidance", (1.0, 1.0), None, "heun", 18),
+]
+
+
+def _csv(df: pd.DataFrame, path: Path) -> None:
+    buffer = io.StringIO()
+    df.to_csv(buffer, index=False, lineterminator="\n", float_format="%.4f")
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _val(params, data: str):
+    val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
+    return stack_items([val[i] for i in range(len(val))])
+
+
+def _scores(model, batch, params, **kw) -> dict:
+    sp = params.sample
+    return validation_scores(model, batch, sigma_min=sp.sigma_min, sigma_max=sp.sigma_max, seed=params.seed, **kw)
+
+
+def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every: int, seconds: float | None):
+    """Pretrain F from scratch once per (label, params, settings changes); val scores every ``every`` steps."""
+    batch = _val(params, data)
+    train_set = MultiViewDataset.for_split("train", data, params.ccm.normalization)
+    rows = []
+    for label, run_params, changes in runs:
+        settings = dataclasses.replace(run_params.pretrain.denoiser, validate_every=every, **changes)
+        torch.manual_seed(run_params.seed)
+        model = build_model(dataclasses.replace(run_params, feedback=False))
+        folder = OUT / "runs" / label.split(" ")[0].lower()
+        t0 = time.perf_counter()
+        deadline = None if seconds is None else t0 + seconds
+
+        def stop_on_time(step, values, deadline=deadline):
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TimeoutError
+
+        try:
+            train(
+                model, train_set, settings, folder / "ckpt", folder / "loss.csv", seed=run_params.seed,
+                fingerprint=label, objective="denoiser", on_step=stop_on_time, validate_every=every,
+                validate=lambda m, p=run_params: _scores(m, batch, p),
+            )  # fmt: skip
+        except TimeoutError:
+            pass
+        curve = pd.read_csv(folder / "val.csv")
+        params_count = sum(p.numel() for p in model.denoiser.parameters())
+        rows += [r | {"run": label, "parameters": params_count} for r in curve.to_dict("records")]
+        print(f"{label}: {curve.iloc[-1].to_dict()} ({time.perf_counter() - t0:.0f} s)")
+    return pd.DataFrame(rows)
+
+
+def figure() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {p.stem: pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))}
+    curves = [k for k in ("noise", "size") if k in parts]
+    fig, axes = plt.subplots(1, len(curves) + ("sampling" in parts), figsize=(5 * (len(curves) + 1), 3.8))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    for ax, part in zip(axes, curves, strict=False):
+        df = parts[part]
+        for run, g in df.groupby("run", sort=False):
+            (line,) = ax.plot(g["step"], g["mv_psnr"], "o-", label=f"{run}: sampled")
+            ax.plot(g["step"], g["x0_psnr"], "s--", color=line.get_color(), alpha=0.6, label=f"{run}: 1-step")
+        ax.axhline(df["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1, label="copy input view")
+        ax.axhline(df["white_psnr"].iloc[0], color="grey", ls=":", lw=1, label="white image")
+        ax.set(title=f"F pretraining: {part}", xlabel="training step", ylabel="val PSNR, non-input views (dB)")
+        ax.legend(fontsize=6)
+    if "sampling" in parts:
+        df = parts["sampling"]
+        ax = axes[-1]
+        ax.barh(df["setting"], df["mv_psnr"])
+        ax.axvline(df["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1)
+        ax.axvline(df["white_psnr"].iloc[0], color="grey", ls=":", lw=1)
+        ax.set(title="sampling settings, same weights", xlabel="val MV PSNR (dB)")
+        ax.set_xlim(left=min(df["white_psnr"].iloc[0], df["mv_psnr"].min()) - 1)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=130, metadata={"Software": None})
+    atomic_write_bytes(Path("paper/figures/study.png"), buffer.getvalue())
+    print("wrote paper/figures/study.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("noise", "size", "sampling", "figure"))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--steps", type=int, default=300, help="noise: pretraining steps per run")
+    parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
+    parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling: the weights swept")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    if args.part == "figure":
+        figure()
+        return 0
+    if args.part == "noise":
+        runs = [(label, params, {"p_mean": m, "p_std": s, "steps": args.steps}) for label, m, s in NOISE]
+        _csv(pretrain_runs(params, runs, args.data, max(1, args.steps // 3), None), OUT / "noise.csv")
+    elif args.part == "size":
+        base = dict(params.model.denoiser)
+        half = dataclasses.replace(params, model=dataclasses.replace(params.model, denoiser=base | {
+            "block_out_channels": [16, 32, 48, 64], "image_encoder_channels": [8, 16, 32, 64]}))  # fmt: skip
+        runs = [("width x1", params, {"steps": 10**6}), ("width x0.5", half, {"steps": 10**6})]
+        _csv(pretrain_runs(params, runs, args.data, 100, args.seconds), OUT / "size.csv")
+    else:
+        torch.manual_seed(params.seed)
+        model = build_model(dataclasses.replace(params, feedback=False))
+        initialise(model, dataclasses.replace(params, feedback=False), args.model, None)
+        batch = _val(params, args.data)
+        rows = []
+        for label, guidance, interval, sampler, steps in SAMPLING:
+            t0 = time.perf_counter()
+            scores = _scores(model, batch, params, steps=steps, guidance=guidance, guidance_sigmas=interval,
+                             sampler=sampler)  # fmt: skip
+            rows.append({"setting": label} | scores | {"seconds": time.perf_counter() - t0})
+            print(rows[-1])
+        _csv(pd.DataFrame(rows), OUT / "sampling.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
