@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 from ouroboros3d.config import load_params
-from ouroboros3d.data import SPLITS, DatasetTooSmallError, write_ccms
+from ouroboros3d.data import SPLITS, write_ccms
 from ouroboros3d.data.figures import dataset_figure, pick_figure_objects
+from ouroboros3d.errors import guard
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -22,13 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    try:
-        done = write_ccms(
-            args.renders, args.out, params.ccm.normalization, tuple(args.splits), progress=not args.no_progress
-        )
-    except (DatasetTooSmallError, FileNotFoundError) as e:
-        print(f"ccm: {e}", file=sys.stderr)
-        return 1
+    done = write_ccms(
+        args.renders, args.out, params.ccm.normalization, tuple(args.splits), progress=not args.no_progress
+    )
     for split, ids in done.items():
         figure = Path(args.figures) / f"dataset_{split}.png"
         dataset_figure(Path(args.renders) / split, Path(args.out) / split, pick_figure_objects(ids), figure)

@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from ouroboros3d.config import load_params
-from ouroboros3d.data import SPLITS, DatasetTooSmallError, SourceUnavailableError, render_dataset
+from ouroboros3d.data import SPLITS, render_dataset
+from ouroboros3d.errors import guard
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -19,11 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    try:
-        render_dataset(params, args.out, tuple(args.splits), resume=args.resume, progress=not args.no_progress)
-    except (DatasetTooSmallError, SourceUnavailableError) as e:
-        print(f"render: {e}", file=sys.stderr)
-        return 1
+    render_dataset(params, args.out, tuple(args.splits), resume=args.resume, progress=not args.no_progress)
     return 0
 
 

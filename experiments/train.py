@@ -17,20 +17,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from ouroboros3d.build import InitError, build_model, initialise, training_fingerprint
-from ouroboros3d.config import ParamsError, load_params
+from ouroboros3d.build import build_model, initialise, training_fingerprint
+from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
+from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_text, save_weights
-from ouroboros3d.perceptual import WeightsUnavailable, load_lpips
+from ouroboros3d.perceptual import load_lpips
 from ouroboros3d.training import train
 from ouroboros3d.validation import stack_items, validation_scores
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -40,28 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", help="folder with the pretrained denoiser/ and reconstructor/ to fine-tune from")
     parser.add_argument("--data", default="data", help="the data/ folder of the render and ccm stages")
     args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        if args.pretrain:
-            # pretraining is feedback-free; G's pretraining is on ground-truth views (joint off)
-            params = dataclasses.replace(params, feedback=False, joint=args.pretrain != "reconstructor")
-            settings, objective = getattr(params.pretrain, args.pretrain), args.pretrain
-            name, out = f"pretrain_{args.pretrain}", Path("models/pretrain") / args.pretrain
-            init = {args.pretrain: getattr(params.model, f"{args.pretrain}_init")}
-        else:
-            params = params.with_variant(args.variant)
-            settings, objective = params.train, "joint"
-            name, out = args.variant, Path("models") / args.variant
-            init = {part: Path(args.init) / part if args.init else None for part in ("denoiser", "reconstructor")}
-        lpips = load_lpips() if settings.lpips_weight > 0 and objective != "denoiser" else None
-        dataset = MultiViewDataset.for_split("train", args.data, params.ccm.normalization)
-        torch.manual_seed(params.seed)
-        model = build_model(params)
-        initialise(model, params, init.get("denoiser"), init.get("reconstructor"))
-        fingerprint = training_fingerprint(dataclasses.replace(params, train=settings), tuple(init.values()))
-    except (ParamsError, WeightsUnavailable, InitError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    params = load_params(args.params)
+    if args.pretrain:
+        # pretraining is feedback-free; G's pretraining is on ground-truth views (joint off)
+        params = dataclasses.replace(params, feedback=False, joint=args.pretrain != "reconstructor")
+        settings, objective = getattr(params.pretrain, args.pretrain), args.pretrain
+        name, out = f"pretrain_{args.pretrain}", Path("models/pretrain") / args.pretrain
+        init = {args.pretrain: getattr(params.model, f"{args.pretrain}_init")}
+    else:
+        params = params.with_variant(args.variant)
+        settings, objective = params.train, "joint"
+        name, out = args.variant, Path("models") / args.variant
+        init = {part: Path(args.init) / part if args.init else None for part in ("denoiser", "reconstructor")}
+    lpips = load_lpips() if settings.lpips_weight > 0 and objective != "denoiser" else None
+    dataset = MultiViewDataset.for_split("train", args.data, params.ccm.normalization)
+    torch.manual_seed(params.seed)
+    model = build_model(params)
+    initialise(model, params, init.get("denoiser"), init.get("reconstructor"))
+    fingerprint = training_fingerprint(dataclasses.replace(params, train=settings), tuple(init.values()))
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     validate = None

@@ -72,6 +72,7 @@ def build_model(params: Params) -> Ouroboros3D:
         recon_views=params.model.recon_views,
         ccm_norm=params.ccm.normalization,
         joint=params.joint,
+        residual=params.model.residual,
     )
 
 
@@ -133,7 +134,11 @@ def _load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: 
     shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_new))
     if unknown or shapes or missing or not state:
-        what = (unknown and f"unexpected {unknown[:2]}") or (shapes and f"shape of {shapes[:2]}") or f"missing {missing[:2]}"
+        what = (
+            (unknown and f"unexpected {unknown[:2]}")
+            or (shapes and f"shape of {shapes[:2]}")
+            or f"missing {missing[:2]}"
+        )
         raise InitError(f"{folder} does not fit this model: {what}")
     module.load_state_dict(state, strict=False)
 

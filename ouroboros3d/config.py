@@ -153,6 +153,7 @@ class ModelParams:
     denoiser: dict = field(default_factory=dict)  # overrides of DenoiserConfig.preset(preset)
     reconstructor: ReconstructorParams = field(default_factory=ReconstructorParams)
     recon_views: tuple[int, ...] = (0, 2, 4, 6)  # which of the V views G sees (the paper: 4 of 8)
+    residual: bool = False  # diffuse the views minus the input view (D = 0 copies the input view)
 
     def validate(self, key: str, num_views: int) -> None:
         _check(self.latent in ("pixel", "vae"), f"{key}.latent", f"must be pixel or vae, got {self.latent!r}")
@@ -193,8 +194,15 @@ class TrainSettings:
         for name in ("cond_dropout", "feedback_prob", "lr_decay_fraction"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must lie in [0, 1]")
         _check(self.p_std > 0, f"{key}.p_std", "must be positive")
-        for name in ("recon_weight", "alpha_weight", "lpips_weight", "weight_decay", "grad_clip", "warmup_steps",
-                     "validate_every"):
+        for name in (
+            "recon_weight",
+            "alpha_weight",
+            "lpips_weight",
+            "weight_decay",
+            "grad_clip",
+            "warmup_steps",
+            "validate_every",
+        ):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
 
 

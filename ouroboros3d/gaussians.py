@@ -19,8 +19,8 @@ SH DC coefficient, ``C0 = 0.28209479177387814``), ``opacity = logit(opacity)``,
 
 from __future__ import annotations
 
-import os
 import io
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 

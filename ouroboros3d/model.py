@@ -34,8 +34,8 @@ __all__ = [
     "SampleResult",
     "StepRecord",
     "denoiser_losses",
-    "reconstructor_losses",
     "recolour",
+    "reconstructor_losses",
     "sample",
     "training_losses",
 ]
@@ -72,6 +72,7 @@ class Ouroboros3D(nn.Module):
         recon_views: Sequence[int] = (0, 2, 4, 6),
         ccm_norm: CCMNormalization = CCMNormalization(),
         joint: bool = True,
+        residual: bool = False,
     ):
         super().__init__()
         feedback_maps = tuple(denoiser_net.feedback_networks)
@@ -85,6 +86,8 @@ class Ouroboros3D(nn.Module):
         self.ccm_norm = ccm_norm
         # joint: G learns from F's noisy predictions and sees sigma; otherwise from clean views
         self.joint = joint
+        # residual: diffusion runs on the views minus the input view's latent (see encode_views)
+        self.residual = residual
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], generator: torch.Generator, objective: str = "joint", **kwargs
@@ -101,6 +104,21 @@ class Ouroboros3D(nn.Module):
     @property
     def has_feedback(self) -> bool:
         return bool(self.feedback_maps)
+
+    # --- the space diffusion runs in ------------------------------------------------
+
+    def encode_views(self, views: torch.Tensor, input_view: torch.Tensor) -> torch.Tensor:
+        """Views (B, V, 3, H, W) -> the denoised tensor: their latents, or with ``residual``
+        their latents minus the input view's, so D = 0 is "copy the input view everywhere"
+        and the network learns only what changes with the camera (a small-scale lever)."""
+        x = self.autoencoder.encode(views)
+        return x - self.autoencoder.encode(input_view[:, None]) if self.residual else x
+
+    def decode_views(self, x: torch.Tensor, input_view: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`encode_views` (not clamped)."""
+        if self.residual:
+            x = x + self.autoencoder.encode(input_view[:, None])
+        return self.autoencoder.decode(x)
 
     # --- conditioning ------------------------------------------------------------
 
@@ -209,7 +227,7 @@ def denoiser_losses(
     the analogue of SVD fine-tuned to orbits. Feedback networks, if any, see zero maps."""
     views, K, c2w = batch["views"], batch["K"], batch["c2w"]
     b = views.shape[0]
-    x = model.autoencoder.encode(views)
+    x = model.encode_views(views, batch["input_view"])
     sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std)
     drop = torch.rand(b, generator=generator).to(views.device) < cond_dropout
     cond = model.condition(batch["input_view"], K, c2w, drop=drop)
@@ -281,12 +299,12 @@ def training_losses(
     def rand(*shape):
         return torch.rand(*shape, generator=generator).to(device)
 
-    x = model.autoencoder.encode(views)
+    x = model.encode_views(views, batch["input_view"])
     sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std)
     cond = model.condition(batch["input_view"], K, c2w, drop=rand(b) < cond_dropout)
 
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
-    pred_i = model.autoencoder.decode(pred_x)
+    pred_i = model.decode_views(pred_x, batch["input_view"])
     recon = model.reconstruct(pred_i if model.joint else views, K, c2w, sigma)
     second_pass = model.has_feedback and rand(()).item() > 1 - feedback_prob
     if second_pass:
@@ -418,7 +436,7 @@ def sample(
             if on_step is not None:
                 on_step({"i": info["i"], "steps": steps, "sigma": float(info["sigma"]), "record": None})
             return None
-        views = model.autoencoder.decode(info["denoised"]).clamp(0, 1)
+        views = model.decode_views(info["denoised"], input_view).clamp(0, 1)
         recon = model.reconstruct(views, K, c2w, info["sigma"].expand(b))
         last[0] = recon
         fed = model.has_feedback and info["i"] + 1 < steps and window[info["i"] + 1]
@@ -432,7 +450,7 @@ def sample(
         return {"feedback": recon.feedback(model.feedback_maps) if fed else zeros}
 
     x = sampler(denoiser, x, sigmas, callback=callback, cond={**cond, "feedback": zeros})
-    views = model.autoencoder.decode(x).clamp(0, 1)
+    views = model.decode_views(x, input_view).clamp(0, 1)
     recon = last[0]
     if reconstruct == "final":
         recon = model.reconstruct(views, K, c2w, sigmas[-2].expand(b))

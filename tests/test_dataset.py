@@ -55,7 +55,7 @@ def test_ccm_stage_writes_float16_ccms_and_a_figure(rendered, tmp_path):
     figure = Image.open(tmp_path / "fig" / "dataset_train.png")
     assert figure.size[0] > 200 and figure.size[1] > 200
     # eval was never rendered: asking for it fails with a clear message, not a traceback
-    assert ccm_script.main([*args, "--figures", str(tmp_path / "fig"), "--splits", "eval", "--no-progress"]) == 1
+    assert ccm_script.main([*args, "--figures", str(tmp_path / "fig"), "--splits", "eval", "--no-progress"]) == 2
 
 
 def test_dataset_items_have_the_documented_shapes_and_ranges(rendered):

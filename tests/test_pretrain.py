@@ -61,7 +61,7 @@ def test_a_pretrained_model_of_other_params_is_refused_with_the_key_named(tmp_pa
     other = tiny_params(model={"reconstructor": {"down_channels": [8, 16, 32]}})
     with pytest.raises(InitError, match=r"model\.reconstructor\.down_channels"):
         initialise(build_model(other), other, None, tmp_path / "reconstructor")
-    with pytest.raises(InitError, match="model.safetensors and params.json"):
+    with pytest.raises(InitError, match=r"model\.safetensors and params\.json"):
         initialise(build_model(params), params, tmp_path / "nothing-here", None)
 
 
@@ -129,7 +129,7 @@ def test_lr_is_constant_then_decays_over_the_last_fraction():
     factors = [_lr_factor(i, s) for i in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
     assert all(f == 1.0 for f in factors[10:80])
-    assert all(a >= b for a, b in zip(factors[80:], factors[81:], strict=False)) and factors[-1] < 0.15
+    assert all(a >= b for a, b in itertools.pairwise(factors[80:])) and factors[-1] < 0.15
 
 
 def test_guidance_only_inside_its_sigma_interval():

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 import torch
 import trimesh
-from conftest import load_script
+from conftest import load_script, tiny_raw
 
 from ouroboros3d.cameras import camera_rays, intrinsics, orbit_c2w, project
 from ouroboros3d.ccm import CCMNormalization, ccm_to_world, depth_to_ccm
@@ -199,7 +200,7 @@ def test_a_split_below_min_objects_fails_the_stage_with_a_clear_message(tmp_path
         )
     )
     code = render_script.main(["--params", str(params_file), "--out", str(tmp_path / "r"), "--splits", "train"])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert "'train' has 1 usable object(s), fewer than data.min_objects=2" in err
     assert (tmp_path / "r" / "manifest.csv").is_file()  # written anyway, to show the skip reasons
@@ -248,3 +249,12 @@ def test_an_object_folder_appears_whole_or_not_at_all(tmp_path):
     with layout.atomic_object_dir(tmp_path, "obj") as tmp:
         (tmp / "cameras.json").write_text("{}")
     assert [p.name for p in tmp_path.iterdir()] == ["obj"] and (tmp_path / "obj/cameras.json").is_file()
+
+
+def test_bad_params_stop_the_render_stage_with_one_error_line(tmp_path, capsys):
+    for bad in ({"data": {"resolution": "big"}}, {"camera": {"view_frames": [3, 2]}}):
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(yaml.safe_dump(tiny_raw(**bad)))
+        assert render_script.main(["--params", str(params_file), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err

@@ -1,0 +1,59 @@
+"""One error boundary for the stage scripts and console commands.
+
+Expected errors (bad params, missing data or weights, unreadable files) end a command with
+one line, ``error: <what and where>``, and exit code 2; anything else is a bug and keeps its
+traceback. ``--debug`` anywhere on the command line shows the traceback of expected errors too.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+__all__ = ["EXIT_USAGE", "expected_errors", "guard"]
+
+EXIT_USAGE = 2
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the input is wrong", not "the code is wrong"."""
+    from PIL import UnidentifiedImageError
+
+    from .build import InitError
+    from .config import ParamsError
+    from .data.pipeline import DatasetTooSmallError
+    from .data.sources import SourceUnavailableError
+    from .perceptual import WeightsUnavailable
+
+    return (
+        ParamsError,
+        InitError,
+        DatasetTooSmallError,
+        SourceUnavailableError,
+        WeightsUnavailable,
+        UnidentifiedImageError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
+def guard(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a ``main(argv) -> exit code``: expected errors become ``error: ...`` and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        args = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in args
+        try:
+            return main([a for a in args if a != "--debug"])
+        except expected_errors() as e:
+            if debug:
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return wrapped
