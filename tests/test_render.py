@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 import torch
 import trimesh
+import yaml
 from conftest import load_script, tiny_raw
 
 from ouroboros3d.cameras import camera_rays, intrinsics, orbit_c2w, project
