@@ -10,13 +10,16 @@ Prints parameter counts per part and the median of ``--iters`` timed runs after 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
-from ouroboros3d.denoiser import DenoiserConfig, MultiViewDenoiser, parameter_summary
+from ouroboros3d.build import denoiser_config
+from ouroboros3d.config import load_params
+from ouroboros3d.denoiser import MultiViewDenoiser, parameter_summary
 
 
 def _sync(device: torch.device) -> None:
@@ -26,7 +29,8 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu-small", choices=["cpu-small", "gpu-medium", "paper"])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--preset", default="cpu-small", help="a preset of the params file")
     parser.add_argument("--batch", type=int, default=2, help="objects per batch")
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
@@ -40,8 +44,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    overrides = {"image_encoder": "none"} if args.preset == "paper" else {}  # paper: CLIP needs local weights
-    config = DenoiserConfig.preset(args.preset, **overrides)
+    config = denoiser_config(load_params(args.params, preset=args.preset))
+    if config.image_encoder == "clip":  # the paper's CLIP needs local weights: time the UNet with a given token
+        config = dataclasses.replace(config, image_encoder="none")
     model = MultiViewDenoiser(config).to(device)
     b, v, c, s, img = args.batch, args.views, config.latent_channels, config.sample_size, config.image_size
     x = torch.randn(b, v, c, s, s, device=device)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Params, ParamsError
+from .config import Params
 from .model import Ouroboros3D
 
 __all__ = [
@@ -31,29 +31,20 @@ __all__ = [
 
 
 def denoiser_config(params: Params):
-    """The preset's denoiser architecture, with ``model.denoiser`` overrides and the ablation switches."""
+    """F's architecture: ``model.denoiser`` with what follows from the rest of the params (the
+    latent space, the resolution, the ablation switches)."""
     from .denoiser import DenoiserConfig
 
     maps = tuple(m for m in ("ccm", "rgb") if m in params.feedback_maps) if params.feedback else ()
-    overrides = dict(params.model.denoiser)
-    fields = {f.name for f in dataclasses.fields(DenoiserConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ParamsError(f"params: model.denoiser: unknown key(s) {unknown}")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    image_size = params.data.resolution
-    latent = "vae" if params.model.latent == "vae" else "pixel"
-    base = DenoiserConfig.preset(params.preset)
-    downscale = 8 if latent == "vae" else 1
-    sample_size = image_size // downscale
-    # feedback maps come at image resolution: unshuffle them down to the first UNet level
-    return dataclasses.replace(
-        base,
-        sample_size=sample_size,
+    vae = params.model.latent == "vae"
+    downscale = 8 if vae else 1
+    return DenoiserConfig(
+        **dataclasses.asdict(params.model.denoiser),
+        latent_channels=4 if vae else 3,
+        sample_size=params.data.resolution // downscale,
+        # feedback maps come at image resolution: unshuffle them down to the first UNet level
         feedback_unshuffle=downscale,
-        latent_channels=4 if latent == "vae" else 3,
         feedback_maps=maps,
-        **overrides,
     )
 
 
@@ -89,6 +80,9 @@ def build_reconstructor(params: Params):
         up_channels=r.up_channels,
         layers_per_block=r.layers_per_block,
         attention_head_dim=r.attention_head_dim,
+        down_attention=r.down_attention,
+        up_attention=r.up_attention,
+        mid_attention=r.mid_attention,
         # always: a G pretrained on clean views (sigma = None) then loads into a jointly trained one
         timestep_conditioning=True,
     )

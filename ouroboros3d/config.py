@@ -113,6 +113,45 @@ class DataParams:
         )
 
 
+# small presets: no spatial attention at the full-resolution level (it dominates CPU time)
+SMALL_DOWN_BLOCKS = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * 3
+SMALL_UP_BLOCKS = ("CrossAttnUpBlockSpatioTemporal",) * 3 + ("UpBlockSpatioTemporal",)
+
+
+@dataclass(frozen=True)
+class DenoiserParams:
+    """Architecture of the multi-view denoiser F (ouroboros3d.denoiser.DenoiserConfig's fields
+    that params set; the latent channels, resolution and feedback maps follow from the rest of
+    the params). The defaults are ``cpu-small``'s: an 11M-parameter SVD-family UNet."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 96, 128)
+    down_block_types: tuple[str, ...] = SMALL_DOWN_BLOCKS
+    up_block_types: tuple[str, ...] = SMALL_UP_BLOCKS
+    layers_per_block: int = 1
+    transformer_layers_per_block: int = 1
+    num_attention_heads: tuple[int, ...] = (1, 2, 3, 4)
+    cross_attention_dim: int = 128
+    addition_time_embed_dim: int = 32
+    added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)  # SVD's fps-1, motion bucket, noise augmentation
+    image_encoder: Literal["cnn", "clip", "none"] = "cnn"  # clip: SVD's, frozen, from image_encoder_path
+    image_encoder_path: str | None = None
+    image_encoder_channels: tuple[int, ...] = (16, 32, 64, 128)
+    feedback_blocks_per_scale: int = 3
+    camera_frequencies: int = 4
+    camera_embed_dim: int = 32
+    gradient_checkpointing: bool = False
+
+    def validate(self, key: str) -> None:
+        n = len(self.block_out_channels)
+        for name in ("down_block_types", "up_block_types", "num_attention_heads"):
+            _check(len(getattr(self, name)) == n, f"{key}.{name}", f"needs one entry per level ({n})")
+        _check(
+            self.image_encoder != "clip" or bool(self.image_encoder_path),
+            f"{key}.image_encoder_path",
+            "the clip image encoder needs a local folder",
+        )
+
+
 @dataclass(frozen=True)
 class ReconstructorParams:
     """Sizes of the LGM-style reconstructor G (see ouroboros3d.reconstructor).
@@ -126,9 +165,16 @@ class ReconstructorParams:
     up_channels: tuple[int, ...] = (128, 64, 64)
     layers_per_block: int = 1
     attention_head_dim: int = 32
+    # multi-view attention per level; null: only at the lowest level (LGM big: down F,F,F,T,T,T, up T,T,T,F,F)
+    down_attention: tuple[bool, ...] | None = None
+    up_attention: tuple[bool, ...] | None = None
+    mid_attention: bool = True
 
     def validate(self, key: str) -> None:
         levels = len(self.down_channels)
+        for name, n in (("down_attention", levels), ("up_attention", len(self.up_channels))):
+            flags = getattr(self, name)
+            _check(flags is None or len(flags) == n, f"{key}.{name}", f"needs one flag per level ({n})")
         _check(levels >= 2, f"{key}.down_channels", "need at least two levels")
         _check(1 <= len(self.up_channels) <= levels, f"{key}.up_channels", f"need 1 to {levels} levels")
         _check(
@@ -150,7 +196,7 @@ class ModelParams:
     # folder (diffusers) or an ouroboros3d model folder, G from an ouroboros3d model folder
     denoiser_init: str | None = None
     reconstructor_init: str | None = None
-    denoiser: dict = field(default_factory=dict)  # overrides of DenoiserConfig.preset(preset)
+    denoiser: DenoiserParams = field(default_factory=DenoiserParams)
     reconstructor: ReconstructorParams = field(default_factory=ReconstructorParams)
     recon_views: tuple[int, ...] = (0, 2, 4, 6)  # which of the V views G sees (the paper: 4 of 8)
     residual: bool = False  # diffuse the views minus the input view (D = 0 copies the input view)
@@ -160,6 +206,7 @@ class ModelParams:
         _check(self.latent != "vae" or bool(self.vae_path), f"{key}.vae_path", "latent: vae needs a local vae_path")
         bad = [v for v in self.recon_views if not 0 <= v < num_views]
         _check(not bad and bool(self.recon_views), f"{key}.recon_views", f"views {bad} outside [0, {num_views})")
+        self.denoiser.validate(f"{key}.denoiser")
         self.reconstructor.validate(f"{key}.reconstructor")
 
 
@@ -215,6 +262,7 @@ class PretrainParams:
     reconstructor: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self, key: str) -> None:
+        self.denoiser.validate(f"{key}.denoiser")
         self.denoiser.validate(f"{key}.denoiser")
         self.reconstructor.validate(f"{key}.reconstructor")
 
@@ -423,11 +471,14 @@ def read_yaml(text: str) -> Any:
     return YAML(typ="safe", pure=True).load(text)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; errors name the file and the offending key."""
+def load_params(path: str | Path = "params.yaml", preset: str | None = None) -> Params:
+    """Read and validate a params file (with ``preset`` in place of its own, if given);
+    errors name the file and the offending key."""
     path = Path(path)
     try:
         raw = read_yaml(path.read_text())
+        if preset is not None and isinstance(raw, dict):
+            raw["preset"] = preset
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
     except YAMLError as e:

@@ -74,20 +74,6 @@ SVD_UP_BLOCKS = (
     "CrossAttnUpBlockSpatioTemporal",
     "CrossAttnUpBlockSpatioTemporal",
 )
-# Small presets: no spatial attention at the full-resolution level (it dominates CPU time).
-NO_ATTENTION_AT_TOP_DOWN = (
-    "DownBlockSpatioTemporal",
-    "CrossAttnDownBlockSpatioTemporal",
-    "CrossAttnDownBlockSpatioTemporal",
-    "CrossAttnDownBlockSpatioTemporal",
-)
-NO_ATTENTION_AT_TOP_UP = (
-    "CrossAttnUpBlockSpatioTemporal",
-    "CrossAttnUpBlockSpatioTemporal",
-    "CrossAttnUpBlockSpatioTemporal",
-    "UpBlockSpatioTemporal",
-)
-
 # CLIP's image normalisation (the openai/laion CLIP preprocessors).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -98,7 +84,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class DenoiserConfig:
-    """Plain sizes of :class:`MultiViewDenoiser`; the defaults are the ``paper`` preset (SVD's UNet).
+    """Plain sizes of :class:`MultiViewDenoiser`; the defaults are SVD's UNet (the ``paper`` preset).
+
+    Presets live in params.yaml (``model.denoiser``, read by :mod:`ouroboros3d.config` and
+    turned into this by :func:`ouroboros3d.build.denoiser_config`).
 
     ``latent_channels`` is C of the denoised tensor (4 for SVD's VAE latents, 3 in pixel
     space); the UNet takes ``2 C`` channels (noisy views + the input view's latent).
@@ -150,57 +139,6 @@ class DenoiserConfig:
     def image_size(self) -> int:
         """Resolution of the feedback maps (and of the images in pixel space)."""
         return self.sample_size * self.feedback_unshuffle
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> DenoiserConfig:
-        """``cpu-small``, ``gpu-medium`` or ``paper``, with keyword overrides of any field."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown denoiser preset {name!r}; have {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
-
-
-PRESETS: dict[str, DenoiserConfig] = {
-    # SVD's UNet exactly (1,524,623,082 parameters) with 512² feedback maps -> Table 1's shapes.
-    "paper": DenoiserConfig(),
-    # Pixel space 64², levels 64/32/16/8, attention at 32² and below; 11.0M UNet parameters,
-    # 14.6M in all; about 2.4 s per training step (forward + backward, 2 objects x 8 views,
-    # both feedback maps) on 2 CPU cores (benchmarks/bench_denoiser.py).
-    "cpu-small": DenoiserConfig(
-        latent_channels=3,
-        sample_size=64,
-        block_out_channels=(32, 64, 96, 128),
-        down_block_types=NO_ATTENTION_AT_TOP_DOWN,
-        up_block_types=NO_ATTENTION_AT_TOP_UP,
-        layers_per_block=1,
-        num_attention_heads=(1, 2, 3, 4),
-        cross_attention_dim=128,
-        addition_time_embed_dim=32,
-        image_encoder="cnn",
-        image_encoder_channels=(16, 32, 64, 128),
-        feedback_unshuffle=1,
-        feedback_blocks_per_scale=3,
-        camera_frequencies=4,
-        camera_embed_dim=32,
-    ),
-    # Pixel space 128², levels 128/64/32/16, attention at 64² and below, head size 64;
-    # 99.8M UNet parameters, 120.9M in all.
-    "gpu-medium": DenoiserConfig(
-        latent_channels=3,
-        sample_size=128,
-        block_out_channels=(128, 192, 256, 256),
-        down_block_types=NO_ATTENTION_AT_TOP_DOWN,
-        up_block_types=NO_ATTENTION_AT_TOP_UP,
-        layers_per_block=2,
-        num_attention_heads=(2, 3, 4, 4),
-        cross_attention_dim=512,
-        addition_time_embed_dim=128,
-        image_encoder="cnn",
-        image_encoder_channels=(32, 64, 128, 256),
-        feedback_unshuffle=1,
-        camera_frequencies=6,
-        camera_embed_dim=64,
-    ),
-}
 
 
 # --- image conditioning ----------------------------------------------------------------

@@ -353,49 +353,6 @@ class Reconstructor(nn.Module):
             self.conv_out.weight.mul_(output_init_scale)
             self.conv_out.bias.zero_()
 
-    @classmethod
-    def paper(cls, **overrides) -> Reconstructor:
-        """LGM "big" as used by Ouroboros3D: 4 views at 256², 128² splats (65,536 Gaussians).
-
-        Widths, attention levels and depth are LGM big's; several hundred million parameters,
-        so build it under ``torch.device("meta")`` to inspect it without allocating memory.
-        """
-        config = dict(
-            in_views=4,
-            image_size=256,
-            splat_size=128,
-            down_channels=(64, 128, 256, 512, 1024, 1024),
-            down_attention=(False, False, False, True, True, True),
-            up_channels=(1024, 1024, 512, 256, 128),
-            up_attention=(True, True, True, False, False),
-            mid_attention=True,
-            layers_per_block=2,
-            attention_head_dim=64,
-        )
-        config.update(overrides)
-        return cls(**config)
-
-    @classmethod
-    def small(cls, image_size: int = 64, splat_size: int = 32, width: int = 32, **overrides) -> Reconstructor:
-        """A CPU-sized variant: widths ``width * (1, 2, 3, 3)`` down, attention at the two lowest levels.
-
-        With the defaults (64² input, 32² splats, width 32) 2.7M parameters.
-        """
-        levels = 4
-        down = tuple(width * m for m in (1, 2, 3, 3))
-        up_levels = levels + round(math.log2(splat_size / image_size))
-        config = dict(
-            image_size=image_size,
-            splat_size=splat_size,
-            down_channels=down,
-            down_attention=(False, False, True, True),
-            up_channels=tuple(reversed(down))[:up_levels],
-            up_attention=(True, True, False, False)[:up_levels],
-            layers_per_block=1,
-        )
-        config.update(overrides)
-        return cls(**config)
-
     @property
     def num_gaussians(self) -> int:
         return self.in_views * self.splat_size**2

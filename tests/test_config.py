@@ -84,7 +84,7 @@ def test_paper_preset_builds_table_1_shapes_and_lgm_sized_reconstructor_on_meta(
     raw = _raw()
     raw["preset"] = "paper"
     # SVD's CLIP encoder loads only from a local folder this machine lacks: the CNN stands in
-    raw["presets"]["paper"]["model"]["denoiser"] = {"image_encoder": "cnn"}
+    raw["presets"]["paper"]["model"]["denoiser"]["image_encoder"] = "cnn"
     p = params_from_dict(raw)
     cfg = denoiser_config(p)
     assert (cfg.sample_size, cfg.feedback_unshuffle, cfg.latent_channels) == (64, 8, 4)

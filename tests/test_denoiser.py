@@ -102,7 +102,7 @@ def test_paper_preset_unet_is_svd_exactly():
 
     with torch.device("meta"):
         reference = UNetSpatioTemporalConditionModel()
-        model = MultiViewDenoiser(DenoiserConfig.preset("paper", image_encoder="none"))
+        model = MultiViewDenoiser(DenoiserConfig(image_encoder="none"))
     count = sum(p.numel() for p in reference.parameters())
     assert count == SVD_UNET_PARAMETERS
     summary = parameter_summary(model)
@@ -116,7 +116,7 @@ def test_paper_preset_unet_is_svd_exactly():
 
 
 def test_paper_forward_on_meta_matches_table_1():
-    config = DenoiserConfig.preset("paper", image_encoder="none")
+    config = DenoiserConfig(image_encoder="none")
     with torch.device("meta"):
         model = MultiViewDenoiser(config)
     # diffusers' AlphaBlender makes its mix factor with torch.Tensor([...]), which ignores the
@@ -141,19 +141,37 @@ def test_paper_forward_on_meta_matches_table_1():
     assert seen == [[(320, 64, 64), (640, 32, 32), (1280, 16, 16), (1280, 8, 8)]] * 2
 
 
-def test_presets_build_with_expected_sizes():
+def _preset_config(name: str, **model):
+    from conftest import ROOT
+
+    from ouroboros3d.build import denoiser_config
+    from ouroboros3d.config import _deep_merge, params_from_dict, read_yaml
+
+    raw = read_yaml((ROOT / "params.yaml").read_text()) | {"preset": name}
+    if name in raw["presets"]:  # the changes go over the preset, as a preset goes over the sections
+        raw["presets"][name] = _deep_merge(raw["presets"][name] or {}, {"model": model})
+    else:
+        raw = _deep_merge(raw, {"model": model})
+    return denoiser_config(params_from_dict(raw))
+
+
+def test_presets_build_from_params_with_expected_sizes():
     with torch.device("meta"):
-        medium = parameter_summary(MultiViewDenoiser(DenoiserConfig.preset("gpu-medium")))
-        small = parameter_summary(MultiViewDenoiser(DenoiserConfig.preset("cpu-small")))
+        medium = parameter_summary(MultiViewDenoiser(_preset_config("gpu-medium")))
+        small = parameter_summary(MultiViewDenoiser(_preset_config("cpu-small")))
+        paper = parameter_summary(MultiViewDenoiser(_preset_config("paper", denoiser={"image_encoder": "none"})))
     assert 50e6 <= medium["total"] <= 150e6
-    assert 5e6 <= small["total"] <= 20e6
-    small_config = DenoiserConfig.preset("cpu-small")
-    assert small_config.image_size == 64 and small_config.down_block_types[0] == "DownBlockSpatioTemporal"
+    assert 2e6 <= small["total"] <= 20e6
+    assert paper["unet"] == SVD_UNET_PARAMETERS  # the paper preset of params.yaml is SVD's UNet exactly
+    small_config = _preset_config("cpu-small")
+    assert small_config.image_size == 32 and small_config.down_block_types[0] == "DownBlockSpatioTemporal"
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown denoiser preset"):
-        DenoiserConfig.preset("huge")
+    from ouroboros3d.config import ParamsError
+
+    with pytest.raises(ParamsError, match=r"model\.denoiser\.num_attention_heads"):
+        _preset_config("cpu-small", denoiser={"num_attention_heads": [1, 2]})
     with pytest.raises(ValueError, match="feedback_maps"):
         DenoiserConfig(feedback_maps=("depth",))
     with pytest.raises(ValueError, match="image_encoder"):
@@ -350,10 +368,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
 
 def test_cpu_small_preset_runs_with_feedback():
     torch.manual_seed(0)
-    config = DenoiserConfig.preset("cpu-small")
+    config = _preset_config("cpu-small")
     model = MultiViewDenoiser(config).eval()
     inputs = make_inputs(config, batch=1, views=2)
-    inputs["cond_embedding"] = model.encode_image(torch.rand(1, 3, 64, 64))
+    inputs["cond_embedding"] = model.encode_image(torch.rand(1, 3, 32, 32))
     with torch.no_grad():
         out = run(model, inputs)
-    assert out.shape == (1, 2, 3, 64, 64) and torch.isfinite(out).all()
+    assert out.shape == (1, 2, 3, 32, 32) and torch.isfinite(out).all()

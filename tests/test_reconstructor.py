@@ -122,10 +122,19 @@ def test_splat_size_must_follow_from_the_levels():
         tiny()(torch.rand(1, 3, 3, 16, 16), torch.rand(1, 3, 6, 16, 16))
 
 
-def test_small_preset_size():
-    model = Reconstructor.small()
-    assert (model.image_size, model.splat_size, model.num_gaussians) == (64, 32, 4096)
-    assert 1e6 < sum(p.numel() for p in model.parameters()) < 3e6
+def _preset_reconstructor(name: str) -> Reconstructor:
+    from conftest import ROOT
+
+    from ouroboros3d.build import build_reconstructor
+    from ouroboros3d.config import load_params
+
+    return build_reconstructor(load_params(ROOT / "params.yaml", preset=name))
+
+
+def test_cpu_small_preset_size():
+    model = _preset_reconstructor("cpu-small")
+    assert (model.image_size, model.splat_size, model.num_gaussians) == (32, 16, 1024)
+    assert 2e6 < sum(p.numel() for p in model.parameters()) < 5e6  # 3.6M
 
 
 def expected_parameter_count(config: dict) -> int:
@@ -173,11 +182,11 @@ def expected_parameter_count(config: dict) -> int:
     return total + 2 * ch + conv(ch, RAW_CHANNELS, 3)
 
 
-def test_paper_configuration_on_meta_device():
-    """LGM big as used by the paper: 4 x 256² views to 4 x 128² = 65,536 Gaussians; built and
-    run on the meta device, so no memory is allocated."""
+def test_paper_preset_is_lgm_big_on_meta_device():
+    """LGM big as used by the paper, built from params.yaml's `paper` preset: 4 x 256² views to
+    4 x 128² = 65,536 Gaussians, LGM big's attention layout; on the meta device (no memory)."""
     with torch.device("meta"):
-        model = Reconstructor.paper()
+        model = _preset_reconstructor("paper")
         g = model(torch.empty(1, 4, 3, 256, 256), torch.empty(1, 4, 6, 256, 256), torch.ones(1))
     count = sum(p.numel() for p in model.parameters())
     print(f"paper reconstructor: {count:,} parameters, {g.num_gaussians:,} Gaussians per object")
@@ -185,4 +194,6 @@ def test_paper_configuration_on_meta_device():
     assert g.means.shape == (1, 65536, 3) and g.quats.shape == (1, 65536, 4)
     assert count == expected_parameter_count(model.config)
     assert count == 423_852_239
+    assert model.config["down_attention"] == (False, False, False, True, True, True)
+    assert model.config["up_attention"] == (True, True, True, False, False)
     assert expected_parameter_count(tiny().config) == sum(p.numel() for p in tiny().parameters())
