@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT = "models/main"
+MIN_IMAGE_SIDE = 16  # smaller pictures are accepted with a warning
 WEIGHTS_FILE = "model.safetensors"
 PARAMS_FILE = "params.json"
 # An RGB pixel whose darkest channel is this far below white is object; the ramp between the
@@ -200,7 +202,19 @@ def _open_image(image: str | Path | Image.Image | np.ndarray) -> tuple[Image.Ima
         raise GenerationError(f"{path} is not a readable image (PNG or JPEG expected): {_one_line(e)}") from None
     except Image.DecompressionBombError as e:
         raise GenerationError(f"{path}: {_one_line(e)}") from None
-    return ImageOps.exif_transpose(img), str(path)
+    return _to_8bit(ImageOps.exif_transpose(img)), str(path)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale images (modes I;16, I) scaled to 8 bits; Pillow's own
+    conversion to RGB would clip them at 255 (a mid-grey 16-bit object became white)."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    if img.mode == "F":
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+    return Image.fromarray((np.clip(arr / top, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "L")
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -243,6 +257,11 @@ def prepare_image(image: str | Path | Image.Image | np.ndarray, resolution: int,
     bbox = _mask_bbox(alpha > 0.5)
     if bbox is None:
         raise GenerationError(f"no object found in {source}: {empty}")
+    if min(img.size) < MIN_IMAGE_SIDE:
+        warnings.warn(
+            f"{source} is only {img.size[0]}x{img.size[1]} pixels: the object carries almost no detail",
+            stacklevel=2,
+        )
     composite = rgb * alpha[..., None] + (1.0 - alpha[..., None])  # on white, like the training renders
     left, top, right, bottom = bbox
     crop = composite[top:bottom, left:right]

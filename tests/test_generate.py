@@ -286,3 +286,24 @@ def test_params_json_round_trips(preset):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = params_from_dict({**raw, "preset": preset})
     assert params_from_resolved(json.loads(json.dumps(dataclasses.asdict(params)))) == params
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped_and_tiny_images_warn(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from ouroboros3d.generate import prepare_image
+
+    arr = np.full((64, 64), 65535, dtype=np.uint16)
+    arr[16:48, 16:48] = 32768  # a mid-grey object on white, 16 bits
+    Image.fromarray(arr).save(tmp_path / "grey16.png")
+    prepared = prepare_image(tmp_path / "grey16.png", 32, 0.63)
+    centre = prepared.tensor[:, 16, 16]
+    assert torch.allclose(centre, torch.full((3,), 128 / 255), atol=2 / 255)
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tmp_path / "dot.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_image(tmp_path / "dot.png", 32, 0.63)
+    assert any("1x1 pixels" in str(w.message) for w in caught)
