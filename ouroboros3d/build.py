@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import Params
+from .errors import UserError
 from .model import Ouroboros3D
 
 __all__ = [
@@ -64,6 +65,7 @@ def build_model(params: Params) -> Ouroboros3D:
         ccm_norm=params.ccm.normalization,
         joint=params.joint,
         residual=params.model.residual,
+        sigma_data=params.model.sigma_data,
     )
 
 
@@ -88,7 +90,7 @@ def build_reconstructor(params: Params):
     )
 
 
-class InitError(ValueError):
+class InitError(UserError, ValueError):
     """A pretrained folder is missing, malformed or was trained with an incompatible architecture."""
 
 

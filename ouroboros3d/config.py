@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ruamel.yaml import YAMLError
 
 from .ccm import CCMNormalization
+from .errors import UserError
 
 __all__ = ["Params", "ParamsError", "load_params", "params_from_dict"]
 
@@ -25,7 +26,7 @@ FEEDBACK_MAPS = ("ccm", "rgb")
 SOURCES = ("random_urdfs", "ycb", "libero", "folder")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
@@ -200,12 +201,14 @@ class ModelParams:
     reconstructor: ReconstructorParams = field(default_factory=ReconstructorParams)
     recon_views: tuple[int, ...] = (0, 2, 4, 6)  # which of the V views G sees (the paper: 4 of 8)
     residual: bool = False  # diffuse the views minus the input view (D = 0 copies the input view)
+    sigma_data: float = 1.0  # EDM's data standard deviation; the paper's (SVD latents) is 1
 
     def validate(self, key: str, num_views: int) -> None:
         _check(self.latent in ("pixel", "vae"), f"{key}.latent", f"must be pixel or vae, got {self.latent!r}")
         _check(self.latent != "vae" or bool(self.vae_path), f"{key}.vae_path", "latent: vae needs a local vae_path")
         bad = [v for v in self.recon_views if not 0 <= v < num_views]
         _check(not bad and bool(self.recon_views), f"{key}.recon_views", f"views {bad} outside [0, {num_views})")
+        _check(self.sigma_data > 0, f"{key}.sigma_data", f"must be positive, got {self.sigma_data}")
         self.denoiser.validate(f"{key}.denoiser")
         self.reconstructor.validate(f"{key}.reconstructor")
 
@@ -262,7 +265,6 @@ class PretrainParams:
     reconstructor: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self, key: str) -> None:
-        self.denoiser.validate(f"{key}.denoiser")
         self.denoiser.validate(f"{key}.denoiser")
         self.reconstructor.validate(f"{key}.reconstructor")
 

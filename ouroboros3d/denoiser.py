@@ -287,6 +287,11 @@ class MultiViewDenoiser(nn.Module):
             transformer_layers_per_block=config.transformer_layers_per_block,
             num_attention_heads=config.num_attention_heads,
         )
+        # the output conv starts at zero, as in EDM's and ADM's UNets: an untrained F outputs 0,
+        # so D(x; sigma) = c_skip x starts as the best guess without the net (the data mean at
+        # high noise) instead of random colour noise. A pretrained UNet's weights replace it.
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
         if config.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.register_buffer("added_time_ids", torch.tensor(config.added_time_ids), persistent=False)

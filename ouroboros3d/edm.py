@@ -33,22 +33,25 @@ __all__ = [
 ]
 
 
-# --- preconditioning, eq. (5)-(9); sigma_data = 1 as in the paper -------------------
+# --- preconditioning, eq. (5)-(9) -----------------------------------------------------
+# The paper writes them with sigma_data = 1 (SVD's unit-variance latents), the default here.
+# EDM's general form takes the data's standard deviation sigma_data; pixels in [-1, 1] have
+# about 0.5 (EDM's value), and then D's output at high noise is scaled to the data, not to 1.
 
 
-def c_in(sigma: torch.Tensor) -> torch.Tensor:
-    """Eq. (5): input scale ``1 / sqrt(sigma^2 + 1)``."""
-    return 1.0 / torch.sqrt(sigma**2 + 1.0)
+def c_in(sigma: torch.Tensor, sigma_data: float = 1.0) -> torch.Tensor:
+    """Eq. (5): input scale ``1 / sqrt(sigma^2 + sigma_data^2)``."""
+    return 1.0 / torch.sqrt(sigma**2 + sigma_data**2)
 
 
-def c_out(sigma: torch.Tensor) -> torch.Tensor:
-    """Eq. (6): output scale ``-sigma / sqrt(sigma^2 + 1)`` (the v-prediction sign of SVD)."""
-    return -sigma / torch.sqrt(sigma**2 + 1.0)
+def c_out(sigma: torch.Tensor, sigma_data: float = 1.0) -> torch.Tensor:
+    """Eq. (6): output scale ``-sigma sigma_data / sqrt(sigma^2 + sigma_data^2)`` (the v-prediction sign of SVD)."""
+    return -sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
 
 
-def c_skip(sigma: torch.Tensor) -> torch.Tensor:
-    """Eq. (7): skip scale ``1 / (sigma^2 + 1)``."""
-    return 1.0 / (sigma**2 + 1.0)
+def c_skip(sigma: torch.Tensor, sigma_data: float = 1.0) -> torch.Tensor:
+    """Eq. (7): skip scale ``sigma_data^2 / (sigma^2 + sigma_data^2)``."""
+    return sigma_data**2 / (sigma**2 + sigma_data**2)
 
 
 def c_noise(sigma: torch.Tensor) -> torch.Tensor:
@@ -56,9 +59,9 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
     return 0.25 * torch.log(sigma)
 
 
-def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
-    """Eq. (9): ``lambda(sigma) = (1 + sigma^2) / sigma^2``."""
-    return (1.0 + sigma**2) / sigma**2
+def loss_weight(sigma: torch.Tensor, sigma_data: float = 1.0) -> torch.Tensor:
+    """Eq. (9): ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
 def _per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -78,17 +81,18 @@ class EDMPrecond(nn.Module):
     per-sample noise embedding input of shape (B,). Extra conditioning passes through.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, sigma_data: float = 1.0):
         super().__init__()
         self.net = net
+        self.sigma_data = sigma_data
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         # the scalings in float32, whatever the net's precision: sigma^2 at SVD's sigma_max = 700
         # is 490,000, beyond float16 (as NVlabs/edm)
-        x32 = x.to(torch.float32)
+        x32, sd = x.to(torch.float32), self.sigma_data
         s = _per_sample(sigma, x32)
-        f = self.net((c_in(s) * x32).to(x.dtype), c_noise(s).flatten(), **cond)
-        return (c_skip(s) * x32 + c_out(s) * f.to(torch.float32)).to(x.dtype)
+        f = self.net((c_in(s, sd) * x32).to(x.dtype), c_noise(s).flatten(), **cond)
+        return (c_skip(s, sd) * x32 + c_out(s, sd) * f.to(torch.float32)).to(x.dtype)
 
 
 def sample_training_sigma(
@@ -109,9 +113,10 @@ class EDMLoss:
     denoised prediction, so a caller (Algorithm 1) can reuse it.
     """
 
-    def __init__(self, p_mean: float = 1.0, p_std: float = 1.6):
+    def __init__(self, p_mean: float = 1.0, p_std: float = 1.6, sigma_data: float = 1.0):
         self.p_mean = p_mean
         self.p_std = p_std
+        self.sigma_data = sigma_data
 
     def __call__(
         self,
@@ -127,7 +132,7 @@ class EDMLoss:
         s = _per_sample(sigma, x0)
         denoised = denoiser(x0 + s * noise, sigma, **cond)
         per_sample = ((denoised - x0) ** 2).flatten(1).mean(1)
-        return loss_weight(sigma) * per_sample, denoised
+        return loss_weight(sigma, self.sigma_data) * per_sample, denoised
 
 
 # --- sampling --------------------------------------------------------------------

@@ -11,27 +11,21 @@ import functools
 import sys
 from collections.abc import Callable
 
-__all__ = ["EXIT_USAGE", "expected_errors", "guard"]
+__all__ = ["EXIT_USAGE", "UserError", "expected_errors", "guard"]
 
 EXIT_USAGE = 2
 
 
+class UserError(Exception):
+    """Base of the errors that mean "the input is wrong" (params, data, weights, images), not
+    "the code is wrong": :func:`guard` turns them into one ``error:`` line and exit code 2."""
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "the input is wrong", not "the code is wrong"."""
     from PIL import UnidentifiedImageError
 
-    from .build import InitError
-    from .config import ParamsError
-    from .data.pipeline import DatasetTooSmallError
-    from .data.sources import SourceUnavailableError
-    from .perceptual import WeightsUnavailable
-
     return (
-        ParamsError,
-        InitError,
-        DatasetTooSmallError,
-        SourceUnavailableError,
-        WeightsUnavailable,
+        UserError,
         UnidentifiedImageError,
         FileNotFoundError,
         NotADirectoryError,

@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
 from . import cameras, edm
 from .config import Params, ParamsError, params_from_resolved
+from .errors import UserError
 from .gaussians import Gaussians, save_ply
 from .io import atomic_write_bytes, atomic_write_text, load_weights
 from .model import Ouroboros3D, Reconstruction, StepRecord, sample
@@ -74,7 +75,7 @@ PARAMS_FILE = "params.json"
 WHITE_SOFT = (0.04, 0.10)
 
 
-class GenerationError(RuntimeError):
+class GenerationError(UserError, RuntimeError):
     """A user-facing failure of image-to-3D generation; its message is one line."""
 
 

@@ -73,13 +73,14 @@ class Ouroboros3D(nn.Module):
         ccm_norm: CCMNormalization = CCMNormalization(),
         joint: bool = True,
         residual: bool = False,
+        sigma_data: float = 1.0,
     ):
         super().__init__()
         feedback_maps = tuple(denoiser_net.feedback_networks)
         if feedback_maps and not joint:
             raise ValueError("3D feedback needs joint training: the paper's Table 2 has no feedback without it")
         self.autoencoder = autoencoder
-        self.denoiser = edm.EDMPrecond(denoiser_net)
+        self.denoiser = edm.EDMPrecond(denoiser_net, sigma_data)
         self.reconstructor = reconstructor
         self.feedback_maps = feedback_maps
         self.recon_views = list(recon_views)
@@ -232,7 +233,8 @@ def denoiser_losses(
     drop = torch.rand(b, generator=generator).to(views.device) < cond_dropout
     cond = model.condition(batch["input_view"], K, c2w, drop=drop)
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
-    loss_mv = (edm.loss_weight(sigma) * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
+    weight = edm.loss_weight(sigma, model.denoiser.sigma_data)
+    loss_mv = (weight * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
     return {"loss_mv": loss_mv, "loss": loss_mv}
 
 
@@ -310,7 +312,8 @@ def training_losses(
     if second_pass:
         pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=recon.feedback(model.feedback_maps))
 
-    loss_mv = (edm.loss_weight(sigma) * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
+    weight = edm.loss_weight(sigma, model.denoiser.sigma_data)
+    loss_mv = (weight * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
     out = {"loss_mv": loss_mv, **reconstruction_loss(recon, batch, weights, lpips)}
     out["loss"] = loss_mv + weights.recon * out["loss_recon"]
     out["second_pass"] = torch.tensor(float(second_pass))

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["WeightsUnavailable", "backbone_weights_path", "load_lpips"]
 
 _BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights"}
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(UserError, RuntimeError):
     """Pretrained weights needed for a metric or loss are not on this machine."""
 
 

@@ -90,8 +90,20 @@ def perturb_(module: torch.nn.Module, std: float = 0.1, seed: int = 1) -> None:
 
 @pytest.fixture(scope="module")
 def tiny() -> MultiViewDenoiser:
+    """The tiny denoiser as if trained a little: its zero-initialised output conv perturbed
+    (the feedback and camera zero convs stay zero: tests check that they start neutral)."""
     torch.manual_seed(0)
-    return MultiViewDenoiser(TINY).eval()
+    model = MultiViewDenoiser(TINY).eval()
+    perturb_(model.unet.conv_out)
+    return model
+
+
+def test_an_untrained_denoiser_outputs_zero():
+    """EDM's and ADM's zero-initialised output layer: D(x; sigma) = c_skip x before training."""
+    torch.manual_seed(0)
+    model = MultiViewDenoiser(TINY).eval()
+    with torch.no_grad():
+        assert not run(model, make_inputs(TINY)).any()
 
 
 # --- the paper configuration, on the meta device (no memory) ---------------------------------

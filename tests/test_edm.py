@@ -175,3 +175,21 @@ def test_callback_sees_every_step_and_its_return_conditions_the_next_step():
     sigmas = edm.karras_sigmas(4, 0.01, 10.0)
     edm.sample_euler(model, torch.randn(2, 3), sigmas, callback=callback, cond={"feedback": None})
     assert seen == [None, 0.0, 1.0, 2.0]  # step i sees what the callback returned at step i-1
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 1.0])
+@pytest.mark.parametrize("sigma", [0.01, 0.5, 2.0, 80.0])
+def test_preconditioning_with_sigma_data_is_edms_general_form(sigma, sigma_data):
+    """EDM (Karras et al. 2022, Table 1): with data of std sigma_data, F's input and its
+    effective training target both have unit variance, and lambda * c_out^2 = 1."""
+    s = torch.tensor(sigma, dtype=torch.float64)
+    sd = sigma_data
+    assert edm.c_skip(s, sd).item() == pytest.approx(sd**2 / (sigma**2 + sd**2), rel=1e-12)
+    assert edm.c_out(s, sd).item() == pytest.approx(-sigma * sd / math.sqrt(sigma**2 + sd**2), rel=1e-12)
+    assert (edm.loss_weight(s, sd) * edm.c_out(s, sd) ** 2).item() == pytest.approx(1.0, rel=1e-12)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(200_000, generator=g, dtype=torch.float64) * sd
+    x = x0 + sigma * torch.randn(200_000, generator=g, dtype=torch.float64)
+    target = (x0 - edm.c_skip(s, sd) * x) / edm.c_out(s, sd)
+    assert target.std().item() == pytest.approx(1.0, abs=0.01)
+    assert (edm.c_in(s, sd) * x).std().item() == pytest.approx(1.0, abs=0.01)

@@ -10,9 +10,14 @@ from ouroboros3d.model import Ouroboros3D, feedback_window, guidance_scales, sam
 
 
 def _model(**changes) -> tuple[Ouroboros3D, object]:
+    """A tiny model whose F's zero-initialised output conv is perturbed, so gradients reach inside F."""
     torch.manual_seed(0)
     params = tiny_params(**changes)
-    return build_model(params), params
+    model = build_model(params)
+    with torch.no_grad():
+        for p in model.denoiser.net.unet.conv_out.parameters():
+            p.normal_(0.0, 0.05)
+    return model, params
 
 
 def test_training_losses_are_finite_and_every_part_gets_gradients():

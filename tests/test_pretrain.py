@@ -28,6 +28,9 @@ def _pretrained(params, tmp_path, seed=1):
     torch.manual_seed(seed)
     denoiser_params = dataclasses.replace(params, feedback=False)
     model = build_model(denoiser_params)
+    with torch.no_grad():  # as if trained: F's zero-initialised output conv no longer zero
+        for p in model.denoiser.net.unet.conv_out.parameters():
+            p.normal_(0.0, 0.05)
     _save(model, denoiser_params, tmp_path / "denoiser")
     _save(model, dataclasses.replace(params, feedback=False, joint=False), tmp_path / "reconstructor")
     return model

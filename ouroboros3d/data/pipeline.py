@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..cameras import default_view_layout, intrinsics, orbit_c2w
 from ..config import Params
 from . import layout
@@ -73,7 +74,7 @@ MANIFEST_COLUMNS = [
 RENDERER_VERSION = 1  # bump when a change to the renderer alters its output (invalidates --resume)
 
 
-class DatasetTooSmallError(RuntimeError):
+class DatasetTooSmallError(UserError, RuntimeError):
     """A split ended up with fewer usable objects than ``data.min_objects``."""
 
 

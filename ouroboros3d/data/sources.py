@@ -50,6 +50,8 @@ from typing import Protocol
 import numpy as np
 import trimesh
 
+from ..errors import UserError
+
 __all__ = [
     "LIBERO_PACKAGES",
     "MESH_SUFFIXES",
@@ -74,7 +76,7 @@ LIBERO_FORBIDDEN = "turbosquid_objects"  # not freely redistributable: never rea
 _COLLISION_MESH = re.compile(r"_(col|coll|collision)$")
 
 
-class SourceUnavailableError(RuntimeError):
+class SourceUnavailableError(UserError, RuntimeError):
     """A source's files are not on this machine (a package is missing, a folder is empty)."""
 
 
