@@ -39,6 +39,8 @@ NOISE = [("EDM N(-1.2, 1.2)", -1.2, 1.2), ("EDM2 N(-0.8, 1.6)", -0.8, 1.6), ("pa
 # (label, guidance, guidance_sigmas, sampler, steps)
 SAMPLING = [
     ("Euler 25, no guidance", (1.0, 1.0), None, "euler", 25),
+    ("Euler 10, no guidance", (1.0, 1.0), None, "euler", 10),
+    ("Euler 5, no guidance", (1.0, 1.0), None, "euler", 5),
     ("Euler 25, guidance 1.5", (1.0, 1.5), None, "euler", 25),
     ("Euler 25, guidance 2.5 (SVD)", (1.0, 2.5), None, "euler", 25),
     ("Euler 25, guidance 2.5 for σ in [0.3, 5]", (1.0, 2.5), (0.3, 5.0), "euler", 25),

@@ -128,4 +128,8 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     shown = subprocess.run(
         [str(BIN / "dvc"), "exp", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True, check=True
     )
-    assert "feedback" in shown.stdout and "mv_psnr" in shown.stdout
+    # the experiment is recorded with its params and the metrics its evaluation wrote
+    exps = [rev["data"] for row in json.loads(shown.stdout) for e in row.get("experiments") or [] for rev in e["revs"]]
+    assert len(exps) == 1, shown.stdout[-2000:]
+    assert exps[0]["params"]["params.yaml"]["data"]["feedback"] is False
+    assert exps[0]["metrics"]["results/metrics.json"]["data"]["mv"]["psnr"] > 0
