@@ -43,6 +43,7 @@ from ouroboros3d.config import Params, ParamsError, load_params
 from ouroboros3d.data import layout
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.data.sources import SourceUnavailableError
+from ouroboros3d.errors import guard
 from ouroboros3d.generate import GenerationError, load_checkpoint
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 from ouroboros3d.model import sample
@@ -229,6 +230,7 @@ def dvc_metrics(summary: dict, fid, thresholds) -> dict:
     return _json_safe(out)
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_bytes
 
 
@@ -148,6 +149,7 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", default="results/eval", help="the folder of experiments/evaluate.py's runs")

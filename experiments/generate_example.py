@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ouroboros3d.errors import guard
 from ouroboros3d.generate import generate, write_outputs
 from ouroboros3d.io import atomic_write_bytes
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--renders", default="data/renders/eval")

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from ouroboros3d.config import ParamsError, load_params
+from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_text
 
 
@@ -197,6 +198,7 @@ def render_report(template: str, params, results: Path) -> str:
     return re.sub(r"{{(\w+)}}", lambda m: fills[m.group(1)].rstrip("\n"), template)
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")

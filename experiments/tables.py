@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ouroboros3d.config import ParamsError, load_params
+from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 
 # Table 2 of the paper, 3DGS renders on GSO, keyed by (joint, fed-back maps)
@@ -234,6 +235,7 @@ def _csv(df: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode()
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")

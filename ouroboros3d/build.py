@@ -171,7 +171,8 @@ def training_fingerprint(params: Params, init: tuple[str | Path | None, ...] = (
     from (``init`` folders); resume only on a match."""
     keys = ("seed", "preset", "feedback", "feedback_maps", "joint", "camera", "ccm", "model", "train")
     raw = dataclasses.asdict(params)
-    blob = {k: raw[k] for k in keys} | {"resolution": params.data.resolution}
+    # the training objects too: a run on other data must never resume this one's checkpoint
+    blob = {k: raw[k] for k in keys} | {"resolution": params.data.resolution, "train_data": raw["data"]["train"]}
     starts = [_file_digest(Path(f) / "model.safetensors") for f in init if f is not None]
     if starts:
         blob["init"] = starts

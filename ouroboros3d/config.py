@@ -80,10 +80,16 @@ class SplitParams:
     source: Literal["random_urdfs", "ycb", "libero", "folder"] = "random_urdfs"
     max_objects: int = 200
     elevation_deg: tuple[float, float] = (-5.0, 30.0)
+    # train only: real (YCB) objects that are in neither val nor eval, each rendered along
+    # `real_orbits` random orbits, added to the split (the eval objects are real scans)
+    real_objects: int = 0
+    real_orbits: int = 1
 
     def validate(self, key: str) -> None:
         _check(self.source in SOURCES, f"{key}.source", f"must be one of {SOURCES}, got {self.source!r}")
         _check(self.max_objects >= 1, f"{key}.max_objects", f"must be >= 1, got {self.max_objects}")
+        _check(self.real_objects >= 0, f"{key}.real_objects", f"must be >= 0, got {self.real_objects}")
+        _check(self.real_orbits >= 1, f"{key}.real_orbits", f"must be >= 1, got {self.real_orbits}")
         lo, hi = self.elevation_deg
         _check(-89 < lo <= hi < 89, f"{key}.elevation_deg", f"need -89 < low <= high < 89, got {[lo, hi]}")
 
@@ -108,6 +114,9 @@ class DataParams:
         self.train.validate(f"{key}.train")
         self.val.validate(f"{key}.val")
         self.eval.validate(f"{key}.eval")
+        for split in ("val", "eval"):
+            only_train = "only the train split adds real objects"
+            _check(getattr(self, split).real_objects == 0, f"{key}.{split}.real_objects", only_train)
         uses_folder = "folder" in (self.train.source, self.val.source, self.eval.source)
         _check(
             not uses_folder or bool(self.folder), f"{key}.folder", "a split uses source 'folder' but no folder is set"

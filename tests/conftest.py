@@ -31,7 +31,7 @@ TINY = {
     "data": {
         "resolution": 16,
         "min_objects": 1,
-        "train": {"max_objects": 3},
+        "train": {"max_objects": 3, "real_objects": 1, "real_orbits": 2},
         "val": {"max_objects": 2},
         "eval": {"max_objects": 2},
     },

@@ -258,3 +258,18 @@ def test_bad_params_stop_the_render_stage_with_one_error_line(tmp_path, capsys):
         assert render_script.main(["--params", str(params_file), "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+
+
+def test_real_training_objects_are_outside_val_and_eval_and_each_orbit_differs():
+    from ouroboros3d.data.pipeline import base_object_id, plan_split
+
+    params = params_from_dict(tiny_raw(data={"train": {"max_objects": 3, "real_objects": 2, "real_orbits": 3}}))
+    train = plan_split(params, "train", "unused")
+    real = [job for job in train if job.obj.source == "ycb"]
+    assert len(train) == 3 + 2 * 3 and len(real) == 6
+    held = {base_object_id(j.obj.object_id) for split in ("val", "eval") for j in plan_split(params, split, "unused")}
+    assert len({base_object_id(j.obj.object_id) for j in real}) == 2
+    assert not held & {base_object_id(j.obj.object_id) for j in real}
+    assert len({(j.elevation_deg, j.azimuth_offset_deg) for j in real}) == 6  # one random orbit per copy
+    with pytest.raises(ValueError, match="data.eval.real_objects"):
+        params_from_dict(tiny_raw(data={"eval": {"real_objects": 1}}))

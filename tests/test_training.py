@@ -90,6 +90,8 @@ def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, capsys):
     _run(params, tmp_path, "run", stop_after=2)
     other = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=5e-4))
     assert training_fingerprint(other) != training_fingerprint(params)
+    more_data = dataclasses.replace(params.data, train=dataclasses.replace(params.data.train, real_objects=5))
+    assert training_fingerprint(dataclasses.replace(params, data=more_data)) != training_fingerprint(params)
     _, summary = _run(other, tmp_path, "run", stop_after=1)
     assert "other params" in capsys.readouterr().out
     assert summary["steps"] == 1  # started over at step 0

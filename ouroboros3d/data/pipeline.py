@@ -27,7 +27,7 @@ import json
 import multiprocessing
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +145,41 @@ def plan_objects(params: Params, split: str) -> list[MeshObject]:
     return select_objects(objects, split_params.max_objects, params.seed, split)
 
 
+ORBIT_MARK = "~orbit"
+
+
+def base_object_id(object_id: str) -> str:
+    """The object an id names: ``ycb-017_orange~orbit3`` (one of several orbits) -> ``ycb-017_orange``."""
+    return object_id.split(ORBIT_MARK)[0]
+
+
+def real_training_objects(params: Params) -> list[MeshObject]:
+    """``data.train.real_objects`` YCB objects in neither val nor eval, once per orbit.
+
+    Each copy gets its own id (``<id>~orbit<k>``), and with it its own random elevation and
+    azimuth offset: several views of the same real object, as the eval split's objects are.
+    """
+    train = params.data.train
+    held = {o.object_id for split in ("val", "eval") for o in _planned_real(params, split)}
+    candidates = [o for o in make_source("ycb", params.data).objects() if o.object_id not in held]
+    if len(candidates) < train.real_objects:
+        raise DatasetTooSmallError(
+            f"data.train.real_objects: {train.real_objects} asked, but only {len(candidates)} YCB objects "
+            "are in neither val nor eval"
+        )
+    chosen = select_objects(candidates, train.real_objects, params.seed, "train-real")
+    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in chosen for k in range(train.real_orbits)]
+
+
+def _planned_real(params: Params, split: str) -> list[MeshObject]:
+    split_params = getattr(params.data, split)
+    if split_params.source != "ycb":
+        return []
+    if split == "val":
+        return [job.obj for job in plan_split(params, "val", ".")]
+    return plan_objects(params, split)
+
+
 def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = False) -> list[ObjectJob]:
     """The render jobs of one split: ``"train"``, ``"val"`` (for choosing settings) or ``"eval"``."""
     if split not in SPLITS:
@@ -156,6 +191,8 @@ def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = F
         held = {o.object_id for o in plan_objects(params, "eval")}
         candidates = [o for o in candidates if o.object_id not in held]
     objects = select_objects(candidates, split_params.max_objects, params.seed, split)
+    if split == "train" and split_params.real_objects:
+        objects += real_training_objects(params)
     if split == "eval" and params.data.eval_textured and split_params.source != "libero":
         objects += make_source("libero", params.data).objects()
     settings = RenderSettings.from_params(params)
@@ -278,8 +315,9 @@ def read_manifest(out_dir: str | Path) -> pd.DataFrame:
 def _check_disjoint(manifest: pd.DataFrame) -> None:
     """No two splits may share an object (ids carry the source name, so this is per source too)."""
     ok = manifest[manifest.status == "ok"]
+    objects = ok.object_id.map(base_object_id)  # several orbits of one object are one object
     for a, b in itertools.combinations(SPLITS, 2):
-        shared = sorted(set(ok.object_id[ok.split == a]) & set(ok.object_id[ok.split == b]))
+        shared = sorted(set(objects[ok.split == a]) & set(objects[ok.split == b]))
         if shared:
             raise ValueError(
                 f"{a} and {b} share {len(shared)} object(s), e.g. {shared[:3]}: give the splits different sources"
