@@ -76,7 +76,7 @@ def claims_table(results: Path, variants: list[str]) -> str:
         rows.append((claim, column, _fmt(d, digits), verdict(d, higher)))
 
     add(
-        "3D feedback at inference improves the 3D renders (same weights, Table 3's 0-25 vs none)",
+        "3D feedback at inference improves the 3D renders (same weights, Table 3's feedback at every step vs none)",
         main,
         no_fb,
         "3d_psnr",
@@ -151,7 +151,14 @@ def _setup(params) -> str:
     d, m, t, s = params.data, params.model, params.train, params.sample
     pre = params.pretrain
     return (
-        f"- data: {d.train.max_objects} `{d.train.source}` training objects, {d.val.max_objects} `{d.val.source}` "
+        f"- data: {d.train.max_objects} `{d.train.source}` training objects"
+        + (
+            f" and {d.train.real_objects} real `ycb` objects in neither val nor eval, each along "
+            f"{d.train.real_orbits} random orbits"
+            if d.train.real_objects
+            else ""
+        )
+        + f", {d.val.max_objects} `{d.val.source}` "
         f"validation objects (for choosing settings), {d.eval.max_objects} `{d.eval.source}` eval objects, "
         f"{params.camera.num_views} views at {d.resolution}², elevation {list(d.train.elevation_deg)}° "
         f"(train) / {list(d.eval.elevation_deg)}° (val, eval)\n"
@@ -181,12 +188,35 @@ def _learning(results: Path) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else "(no validation curves: run `dvc repro`)\n"
 
 
+STUDY_COLUMNS = {"x0_psnr": "1-step x0", "mv_psnr": "sampled MV", "copy_input_psnr": "copy-input", "seconds": "s"}
+
+
+def _study(results: Path) -> str:
+    """The learning study's committed tables (benchmarks/learning_study.py; val split)."""
+    parts = []
+    for part, key in (("sampling", "setting"), ("noise", "run"), ("size", "run")):
+        path = results / "study" / f"{part}.csv"
+        if not path.exists():
+            parts.append(f"*{part}: not run (`python benchmarks/learning_study.py {part}`)*\n")
+            continue
+        df = pd.read_csv(path)
+        cols = [c for c in ("step", *STUDY_COLUMNS) if c in df.columns]
+        head = [key, *[STUDY_COLUMNS.get(c, c) for c in cols]]
+        lines = [f"**{part}** (`{path}`)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in df.to_dict("records"):
+            cells = [str(row[c]) if c == "step" else f"{row[c]:.2f}" for c in cols]
+            lines.append(f"| {row[key]} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def render_report(template: str, params, results: Path) -> str:
     main_metrics = results / "metrics.json"
     fills = {
         "setup": _setup(params),
         "training": _training(results),
         "learning": _learning(results),
+        "study": _study(results),
         "main_metrics": "```json\n" + (main_metrics.read_text() if main_metrics.exists() else "{}") + "```\n",
         "table2": _table_body(results / "tables" / "table2_ablation.md"),
         "table3": _table_body(results / "tables" / "table3_feedback_window.md"),
