@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # DVC stage commands call `python`: make it the venv's
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test lint venv clean-venv
+.PHONY: repro test lint venv clean-venv gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n 2 --dist loadfile
+
+## gpu-check: on a CUDA machine, gsplat vs the CPU rasteriser, 50 bf16 gpu-medium steps, one sample
+## (writes results/gpu_check.json; exits 2 with one error line where there is no GPU)
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -3,21 +3,34 @@
 Subcommands:
 
 * ``generate IMAGE``: image-to-3D for your own picture, written to ``outputs/<image stem>/``
-  (see :mod:`ouroboros3d.generate`).
+  (see :mod:`ouroboros3d.generate`). ``generate FOLDER|GLOB|IMAGE...`` does every PNG/JPEG
+  image named, loading the model once, into ``outputs/<image stem>/`` each.
 
-Errors a user can cause (a file that is not an image, an image with nothing but background,
-a missing or mismatching checkpoint, an unavailable device) print one ``error: ...`` line on
-stderr and exit with status 2; ``--debug`` shows the full traceback instead.
+Exit status: 0 every image done (or skipped by ``--skip-existing``); 1 some images failed,
+each reported as one ``error: <image>: <why>`` line, and the others were written; 2 a usage
+error (a bad option, no images found, a missing or mismatching checkpoint, an unavailable
+device) or no image could be done; 130 interrupted. Expected errors print one ``error: ...``
+line on stderr through the project's one error boundary (:func:`ouroboros3d.errors.guard`);
+``--debug`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import glob
+import json
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+from .errors import EXIT_USAGE, UserError, expected_errors, guard
+
+__all__ = ["EXIT_SOME_FAILED", "build_parser", "find_images", "is_finished", "main"]
+
+EXIT_SOME_FAILED = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MESH_FILES = ("mesh.glb", "mesh.obj")
 
 GENERATE_HELP = """\
 Generate the views of the object in IMAGE and its 3D Gaussians.
@@ -30,25 +43,51 @@ then resized to the model's resolution.
 
 Writes to --out (default outputs/<image stem>/): view_00.png ... (the generated views,
 view 0 is the input view), input.png, grid.png, gaussians.ply (3DGS), turntable.gif (and
-turntable.mp4 when ffmpeg is on PATH), steps.png (denoising steps) and generation.json.
+turntable.mp4 when ffmpeg is on PATH), steps.png (denoising steps) and generation.json
+(written last: a folder with it is finished). --mesh adds mesh.glb and mesh.obj.
+
+Many images: name several files, a folder (its .png/.jpg/.jpeg files) or a quoted glob
+("photos/*.jpg"). The model loads once; each image goes to <out>/<image stem>/ (--out
+default outputs/). An image that fails is reported as "error: <image>: <why>" and the
+others still run.
+
+Exit status: 0 all done; 1 some images failed; 2 usage error or nothing could be done.
 """
+
+
+class UsageError(UserError):
+    """A bad command line (an option out of range, no images found): one error line, exit code 2."""
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="image-to-3D for your own picture",
+        help="image-to-3D for your own pictures",
         description=GENERATE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("image", type=Path, help="PNG/JPEG: RGBA (alpha = object mask) or RGB on a near-white background")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="PNG/JPEG: RGBA (alpha = object mask) or RGB on a near-white background; or folders, or globs",
+    )
     p.add_argument(
         "--checkpoint",
         type=Path,
         default=Path("models/main"),
         help="folder with model.safetensors + params.json, or the .safetensors file (default: models/main)",
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<image stem>/)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: outputs/<image stem>/); for many images, the folder of their "
+        "<image stem>/ folders (default: outputs/)",
+    )
+    p.add_argument("--skip-existing", action="store_true", help="skip images whose output folder is finished")
+    p.add_argument("--mesh", action="store_true", help="also write a coloured mesh: mesh.glb and mesh.obj")
+    p.add_argument("--mesh-resolution", type=int, default=96, help="voxels per side of the mesh's grid (default 96)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 25)")
     p.add_argument(
         "--elevation",
@@ -80,61 +119,212 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_generate(args: argparse.Namespace) -> int:
+# --- which images, and where they go --------------------------------------------------------
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def find_images(sources: list[str]) -> list[Path]:
+    """The images that files, folders (their PNG/JPEG files, sorted) and glob patterns name, in order, once each.
+
+    A file is taken as given, even a missing one or another format: it fails when it is read,
+    with the reason. A folder or pattern that names no image is a :class:`UsageError`.
+    """
+    images: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found, what = sorted(p for p in path.iterdir() if _is_image(p)), f"folder {path}"
+        elif glob.has_magic(source) and not path.exists():
+            found = sorted(p for p in map(Path, glob.glob(source, recursive=True)) if _is_image(p))
+            what = f"pattern {source!r}"
+        else:
+            images.append(path)
+            continue
+        if not found:
+            raise UsageError(f"no PNG/JPEG images in {what}")
+        images += found
+    return list(dict.fromkeys(images))
+
+
+def _output_folders(images: list[Path], out: Path | None, single: bool) -> dict[Path, Path]:
+    """``{image: its output folder}``; two images with one stem would overwrite each other: a usage error."""
+    if single:
+        return {images[0]: out if out is not None else Path("outputs") / images[0].stem}
+    root = out if out is not None else Path("outputs")
+    folders: dict[Path, Path] = {}
+    for image in images:
+        clash = next((other for other, folder in folders.items() if folder.name == image.stem), None)
+        if clash is not None:
+            raise UsageError(f"{clash} and {image} would both write to {root / image.stem}: rename one")
+        folders[image] = root / image.stem
+    return folders
+
+
+def is_finished(out_dir: Path, mesh: bool = False) -> bool:
+    """Whether ``out_dir`` holds a finished generation: its generation.json (written last) and every
+    file that lists, plus the mesh files when ``mesh`` is asked for."""
+    try:
+        record = json.loads((out_dir / "generation.json").read_text())
+        names = [*record["files"], *(MESH_FILES if mesh else ())]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((out_dir / name).is_file() for name in names)
+
+
+# --- generation -----------------------------------------------------------------------------
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Option values that would fail every image, caught before any work."""
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.turntable_frames < 0:
+        raise UsageError(f"--turntable-frames must be >= 0, got {args.turntable_frames}")
+    if args.elevation is not None and not -89.0 < args.elevation < 89.0:
+        raise UsageError(f"--elevation must lie in (-89, 89) degrees, got {args.elevation}")
+    if args.mesh_resolution < 4:
+        raise UsageError(f"--mesh-resolution must be >= 4, got {args.mesh_resolution}")
+
+
+def _generate_one(args: argparse.Namespace, checkpoint, load_seconds: float, image: Path, out_dir: Path, progress):
+    """Generate one image's outputs into ``out_dir`` (the mesh first: generation.json stays the last file)."""
     from .generate import generate, write_outputs
 
-    if args.steps is not None and args.steps < 1:
-        raise _UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.turntable_frames < 0:
-        raise _UsageError(f"--turntable-frames must be >= 0, got {args.turntable_frames}")
-    start = time.perf_counter()
     result = generate(
-        args.image,
-        checkpoint=args.checkpoint,
+        image,
+        checkpoint,
         steps=args.steps,
         elevation=args.elevation,
         seed=args.seed,
         feedback=not args.no_feedback,
-        device=args.device,
         strip_steps=args.strip_steps,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=progress,
     )
-    out_dir = args.out if args.out is not None else Path("outputs") / args.image.stem
-    files = write_outputs(result, out_dir, turntable=args.turntable_frames)
-    if not args.quiet:
-        for note in result.notes:
-            print(f"note: {note}", file=sys.stderr)
-        t = result.timings
-        print(
-            f"wrote {len(files)} files to {out_dir} in {time.perf_counter() - start:.1f} s "
-            f"(sampling {t['sample']:.1f} s for {result.settings['steps']} steps, "
-            f"{result.settings['num_gaussians']} Gaussians)"
+    result.timings["load_checkpoint"] = load_seconds  # the model was loaded before, once for all images
+    files = {}
+    if args.mesh:
+        from .meshing import gaussians_to_mesh, write_mesh
+
+        t0 = time.perf_counter()
+        camera = result.params.camera
+        mesh = gaussians_to_mesh(
+            result.gaussians.to(checkpoint.device),
+            resolution=args.mesh_resolution,
+            radius=camera.radius,
+            fov_deg=camera.fov_deg,
         )
-    return 0
+        files |= write_mesh(mesh, out_dir)
+        result.timings["mesh"] = time.perf_counter() - t0
+    files |= write_outputs(result, out_dir, turntable=args.turntable_frames)
+    return result, files
 
 
-class _UsageError(Exception):
-    pass
+def _failure_line(image: Path, e: Exception) -> str:
+    why = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, expected_errors()):  # a bug: say where to look
+        why = f"{type(e).__name__}: {why} (run with --debug for the traceback)"
+    return f"error: {image}: {why}"
+
+
+def _print_done(result, files: dict, out_dir: Path, seconds: float, prefix: str, write) -> None:
+    for note in result.notes:
+        write(f"note: {prefix}{note}", file=sys.stderr)
+    t, s = result.timings, result.settings
+    write(
+        f"{prefix}wrote {len(files)} files to {out_dir} in {seconds:.1f} s "
+        f"(sampling {t['sample']:.1f} s for {s['steps']} steps, {s['num_gaussians']} Gaussians)",
+        file=sys.stdout,
+    )
+
+
+def _run_generate(args: argparse.Namespace, debug: bool = False) -> int:
+    from tqdm.auto import tqdm
+
+    from .generate import load_checkpoint, prepare_image, read_checkpoint_params, target_fill
+
+    _check_options(args)
+    images = find_images(args.images)
+    # one file named on its own is the single-image command: --out is the folder itself and an
+    # image's error is the command's error; otherwise every image gets <out>/<stem>/
+    single = len(args.images) == 1 and images == [Path(args.images[0])]
+    folders = _output_folders(images, args.out, single)
+    todo = {i: o for i, o in folders.items() if not (args.skip_existing and is_finished(o, args.mesh))}
+    skipped = len(folders) - len(todo)
+    if not todo:
+        if not args.quiet:
+            print(f"nothing to do: all {skipped} images have finished outputs (--skip-existing)")
+        return 0
+
+    start = time.perf_counter()
+    _, params = read_checkpoint_params(args.checkpoint)  # a missing checkpoint stops before any image
+    failed: list[Path] = []
+
+    def attempt(image: Path, work):
+        """``work()``; in a batch, an error is reported on one line and the image dropped."""
+        try:
+            return work()
+        except Exception as e:
+            if single or debug:
+                raise
+            tqdm.write(_failure_line(image, e), file=sys.stderr)
+            failed.append(image)
+
+    # every image is read before the (slow) model load: a bad one is reported at once
+    for image in todo:
+        attempt(image, functools.partial(prepare_image, image, params.data.resolution, target_fill(params)))
+    todo = {i: o for i, o in todo.items() if i not in failed}
+    if todo:
+        t0 = time.perf_counter()
+        checkpoint = load_checkpoint(args.checkpoint, args.device)
+        load_seconds = time.perf_counter() - t0  # carried by the first image done
+
+    # one bar over the images (a tty only); the single-image command keeps its bar over steps
+    bar = tqdm(total=len(todo), desc="generate", unit="image", disable=True if args.quiet or single else None)
+    for image, out_dir in todo.items():
+        t0 = time.perf_counter()
+        if single:
+            progress = not args.quiet and sys.stderr.isatty()
+        else:
+            progress = functools.partial(_show_step, bar, image.name)
+        work = functools.partial(_generate_one, args, checkpoint, load_seconds, image, out_dir, progress)
+        done = attempt(image, work)
+        bar.update(1)
+        if done is not None:
+            load_seconds = 0.0
+            if not args.quiet:
+                seconds = time.perf_counter() - (start if single else t0)
+                _print_done(*done, out_dir, seconds, "" if single else f"{image}: ", tqdm.write)
+    bar.close()
+    if not single and not args.quiet:
+        ok = len(folders) - skipped - len(failed)
+        elapsed = time.perf_counter() - start
+        print(f"{ok} of {len(folders)} images done in {elapsed:.1f} s ({skipped} skipped, {len(failed)} failed)")
+    if not failed:
+        return 0
+    return EXIT_SOME_FAILED if len(failed) < len(folders) else EXIT_USAGE
+
+
+def _show_step(bar, name: str, info: dict) -> None:
+    bar.set_postfix_str(f"{name} step {info['i'] + 1}/{info['steps']}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 a user error, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # guard drops it before parsing; a batch needs it to stop at an image's error
+
+    def run(args_without_debug: list[str]) -> int:
+        args = build_parser().parse_args(args_without_debug)
+        return args.func(args, debug=debug)
+
     try:
-        return args.func(args)
+        return guard(run)(argv)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        if getattr(args, "debug", False):
-            raise
-        from .generate import GenerationError
-
-        message = " ".join(str(e).split())
-        if not isinstance(e, GenerationError | _UsageError):
-            message = f"{type(e).__name__}: {message} (run with --debug for the traceback)"
-        print(f"error: {message}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":
