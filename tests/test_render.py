@@ -271,5 +271,5 @@ def test_real_training_objects_are_outside_val_and_eval_and_each_orbit_differs()
     assert len({base_object_id(j.obj.object_id) for j in real}) == 2
     assert not held & {base_object_id(j.obj.object_id) for j in real}
     assert len({(j.elevation_deg, j.azimuth_offset_deg) for j in real}) == 6  # one random orbit per copy
-    with pytest.raises(ValueError, match="data.eval.real_objects"):
+    with pytest.raises(ValueError, match=r"data\.eval\.real_objects"):
         params_from_dict(tiny_raw(data={"eval": {"real_objects": 1}}))
