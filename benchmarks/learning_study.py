@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import sys
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every
         settings = dataclasses.replace(run_params.pretrain.denoiser, validate_every=every, **changes)
         torch.manual_seed(run_params.seed)
         model = build_model(dataclasses.replace(run_params, feedback=False))
-        folder = OUT / "runs" / label.split(" ")[0].lower()
+        folder = OUT / "runs" / re.sub(r"\W+", "_", label).strip("_").lower()  # one folder per run
         t0 = time.perf_counter()
         deadline = None if seconds is None else t0 + seconds
 
@@ -148,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(label, params, {"p_mean": m, "p_std": s, "steps": args.steps}) for label, m, s in NOISE]
         _csv(pretrain_runs(params, runs, args.data, max(1, args.steps // 3), None), OUT / "noise.csv")
     elif args.part == "size":
-        base = dict(params.model.denoiser)
-        half = dataclasses.replace(params, model=dataclasses.replace(params.model, denoiser=base | {
-            "block_out_channels": [16, 32, 48, 64], "image_encoder_channels": [8, 16, 32, 64]}))  # fmt: skip
-        runs = [("width x1", params, {"steps": 10**6}), ("width x0.5", half, {"steps": 10**6})]
+        # diffusers' ResNet blocks use GroupNorm(32): every width stays a multiple of 32
+        narrow = dataclasses.replace(
+            params.model.denoiser, block_out_channels=(32, 32, 64, 64), image_encoder_channels=(8, 16, 32, 64)
+        )
+        half = dataclasses.replace(params, model=dataclasses.replace(params.model, denoiser=narrow))
+        forever = {"steps": 10**6}  # stopped by the wall clock
+        runs = [("width (32, 64, 96, 128)", params, forever), ("width (32, 32, 64, 64)", half, forever)]
         _csv(pretrain_runs(params, runs, args.data, 100, args.seconds), OUT / "size.csv")
     else:
         torch.manual_seed(params.seed)

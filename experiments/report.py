@@ -188,7 +188,12 @@ def _learning(results: Path) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else "(no validation curves: run `dvc repro`)\n"
 
 
-STUDY_COLUMNS = {"x0_psnr": "1-step x0", "mv_psnr": "sampled MV", "copy_input_psnr": "copy-input", "seconds": "s"}
+STUDY_COLUMNS = {
+    "x0_psnr": "1-step x0",
+    "mv_psnr": "sampled MV",
+    "copy_input_psnr": "copy-input",
+    "white_psnr": "white",
+}
 
 
 def _study(results: Path) -> str:
@@ -241,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not Path(args.results).is_dir():
+        raise FileNotFoundError(f"{args.results}: no such results folder (run `dvc repro` first)")
     report = render_report(Path(args.template).read_text(), params, Path(args.results))
     atomic_write_text(args.out, report)
     print(f"wrote {args.out}")

@@ -54,6 +54,8 @@ TRIVIAL = {
 
 def load_runs(eval_dir: str | Path) -> dict[str, dict]:
     """``{run name: metrics.json}`` of every run folder under ``eval_dir``."""
+    if not Path(eval_dir).is_dir():
+        raise FileNotFoundError(f"{eval_dir}: no such folder of evaluation runs (run experiments/evaluate.py)")
     runs = {}
     for path in sorted(Path(eval_dir).glob("*/metrics.json")):
         runs[path.parent.name] = json.loads(path.read_text())

@@ -150,15 +150,9 @@ CASES = [
     case("figures", "--eval {eval} --train {empty} --out {out}", "lacks"),
     case("figures", "--eval {ws}/no_eval --train {empty} --out {out}", "lacks"),
     case("figures", "--eval {eval} --runs no-label --out {out}", "label=folder"),
-    _fails_but_not_with_2(
-        case("tables", "--params {ws}/params.yaml --eval {ws}/no_eval --out {out}", "no_eval"),
-        "tables.py writes '(no runs)' tables and exits 0 when the eval folder is missing",
-    ),
+    case("tables", "--params {ws}/params.yaml --eval {ws}/no_eval --out {out}", "no_eval"),
     case("tables", "--params {ws}/big_resolution.yaml --eval {eval} --out {out}", "data.resolution"),
-    _fails_but_not_with_2(
-        case("report", "--params {ws}/params.yaml --results {ws}/no_results {template} --out {out}/report.md", "no_"),
-        "report.py writes a report of placeholders and exits 0 when the results folder is missing",
-    ),
+    case("report", "--params {ws}/params.yaml --results {ws}/no_results {template} --out {out}/report.md", "no_"),
     case("report", "--params {ws}/params.yaml --template {ws}/missing.md --out {out}/report.md", "missing.md"),
     case("report", "--params {ws}/missing.yaml --out {out}/report.md", "params file not found"),
     # generate_example stage
