@@ -22,20 +22,9 @@ import torch
 from ouroboros3d.cameras import default_view_layout, intrinsics, orbit_c2w
 from ouroboros3d.gaussians import Gaussians
 from ouroboros3d.splatting import render
+from ouroboros3d.synthetic import shell_gaussians
 
 DEFAULT_SIZES = ("1x8x2000@64", "2x8x4096@64", "2x8x4096@128", "1x8x16384@128")
-
-
-def shell_gaussians(b: int, n: int, device: str, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    direction = torch.nn.functional.normalize(torch.randn(b, n, 3, generator=gen), dim=-1)
-    return Gaussians(
-        means=direction * (0.35 + 0.03 * torch.randn(b, n, 1, generator=gen)),
-        quats=torch.nn.functional.normalize(torch.randn(b, n, 4, generator=gen), dim=-1),
-        scales=0.002 + 0.03 * torch.rand(b, n, 3, generator=gen),
-        opacities=0.5 + 0.5 * torch.rand(b, n, generator=gen),
-        colors=torch.rand(b, n, 3, generator=gen),
-    ).to(device)
 
 
 def parse_size(text: str) -> tuple[int, int, int, int]:
@@ -46,7 +35,7 @@ def parse_size(text: str) -> tuple[int, int, int, int]:
 
 def bench(size: str, backend: str, device: str, reps: int) -> str:
     b, v, n, px = parse_size(size)
-    g = shell_gaussians(b, n, device)
+    g = shell_gaussians(b, n).to(device)
     K = intrinsics(39.6, px).expand(v, 3, 3).to(device)
     c2w = orbit_c2w(default_view_layout()[:v] if v <= 8 else torch.arange(v) * (360.0 / v), 10.0, 2.2).to(device)
     fields = ("means", "quats", "scales", "opacities", "colors")

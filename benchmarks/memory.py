@@ -38,10 +38,10 @@ from unittest import mock
 
 import torch
 
-from ouroboros3d import cameras
 from ouroboros3d.build import build_model
 from ouroboros3d.config import Params, load_params
 from ouroboros3d.io import atomic_write_text
+from ouroboros3d.synthetic import synthetic_batch
 
 PRESETS = ("cpu-small", "gpu-medium", "paper")
 DEFAULT_OUT = Path("results/benchmarks/memory.json")
@@ -172,22 +172,6 @@ def static_bytes(counts: dict[str, int], mixed_precision: str) -> dict[str, int]
 # --- measurement (one subprocess per preset and part) ------------------------------------------
 
 
-def synthetic_batch(params: Params, batch_size: int, device: str) -> dict[str, torch.Tensor]:
-    """Discs on white seen by the preset's cameras (as tests/conftest.py's synthetic_batch)."""
-    g = torch.Generator().manual_seed(0)
-    res, v = params.data.resolution, params.camera.num_views
-    az = cameras.default_view_layout(params.camera.orbit_frames, params.camera.view_frames)
-    c2w = cameras.orbit_c2w(az, 10.0, params.camera.radius).expand(batch_size, v, 4, 4).contiguous()
-    K = cameras.intrinsics(params.camera.fov_deg, res).expand(batch_size, v, 3, 3).contiguous()
-    yy, xx = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
-    cx = res / 2 - 0.5 + (res / 6) * torch.sin(torch.deg2rad(az.float()))
-    disc = (((yy - res / 2 + 0.5) ** 2 + (xx[None] - cx[:, None, None]) ** 2) < (res / 4) ** 2).float()
-    alpha = disc[:, None].expand(batch_size, v, 1, res, res).contiguous()
-    views = alpha * torch.rand(batch_size, 1, 3, 1, 1, generator=g) + (1 - alpha)
-    batch = {"views": views, "input_view": views[:, 0], "alpha": alpha, "K": K, "c2w": c2w}
-    return {k: t.to(device) for k, t in batch.items()}
-
-
 class Peak:
     """Peak memory of a block: CUDA allocator peak, or the process's peak RSS (ru_maxrss)."""
 
@@ -232,7 +216,7 @@ def measure_step(params: Params, device: str, steps: int = 2) -> dict:
 
     settings = params.train
     model = build(params, device)
-    batch = synthetic_batch(params, settings.batch_size, device)
+    batch = {k: t.to(device) for k, t in synthetic_batch(params, settings.batch_size).items()}
     accelerator = Accelerator(cpu=not device.startswith("cuda"), mixed_precision=settings.mixed_precision)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
@@ -271,7 +255,7 @@ def measure_sample(params: Params, device: str) -> dict:
     from ouroboros3d.validation import SAMPLERS
 
     model = build(params, device).eval()
-    one = synthetic_batch(params, 1, device)
+    one = {k: t.to(device) for k, t in synthetic_batch(params, 1).items()}
     sp = params.sample
     with Peak(device) as peak:
         t0 = time.perf_counter()

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ouroboros3d.errors import UserError, guard
+from ouroboros3d.synthetic import shell_gaussians
 
 FIELDS = ("means", "quats", "scales", "opacities", "colors")
 IMAGE_TOLERANCE = {"quantile_999": 1e-3, "mean": 1e-4}  # as tests/test_splatting.py's CUDA test
@@ -92,21 +93,6 @@ def synthetic_dataset(params, size: int) -> list[dict[str, torch.Tensor]]:
 
 
 # --- 1. rasteriser ---------------------------------------------------------------------------------
-
-
-def shell_gaussians(b: int, n: int, seed: int = 0):
-    """A reconstructor-like cloud: surface Gaussians on a shell of radius 0.35 (benchmarks/bench_splatting.py)."""
-    from ouroboros3d.gaussians import Gaussians
-
-    gen = torch.Generator().manual_seed(seed)
-    direction = torch.nn.functional.normalize(torch.randn(b, n, 3, generator=gen), dim=-1)
-    return Gaussians(
-        means=direction * (0.35 + 0.03 * torch.randn(b, n, 1, generator=gen)),
-        quats=torch.nn.functional.normalize(torch.randn(b, n, 4, generator=gen), dim=-1),
-        scales=0.002 + 0.03 * torch.rand(b, n, 3, generator=gen),
-        opacities=0.5 + 0.5 * torch.rand(b, n, generator=gen),
-        colors=torch.rand(b, n, 3, generator=gen),
-    )
 
 
 def check_rasteriser(params, objects: int = 2, gaussians: int = 4096, device: str = "cuda", backend: str = "cuda"):

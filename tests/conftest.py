@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from ouroboros3d import cameras
 from ouroboros3d.config import _deep_merge, params_from_dict
+from ouroboros3d.synthetic import synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,24 +71,6 @@ def tiny_raw(**changes) -> dict:
 
 def tiny_params(**changes):
     return params_from_dict(tiny_raw(**changes))
-
-
-def synthetic_batch(params, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Views of coloured discs, with cameras of the params' layout: enough for shape/gradient tests."""
-    g = torch.Generator().manual_seed(seed)
-    res, v = params.data.resolution, params.camera.num_views
-    az = cameras.default_view_layout(params.camera.orbit_frames, params.camera.view_frames)
-    c2w = cameras.orbit_c2w(az, 10.0, params.camera.radius).expand(batch_size, v, 4, 4).contiguous()
-    K = cameras.intrinsics(params.camera.fov_deg, res).expand(batch_size, v, 3, 3).contiguous()
-    yy, xx = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
-    # the disc sits off-centre and moves across the image as the camera turns: the views differ
-    # from the input view, as real orbits do (residual diffusion then has something to learn)
-    cx = res / 2 - 0.5 + (res / 6) * torch.sin(torch.deg2rad(az.float()))
-    disc = (((yy - res / 2 + 0.5) ** 2 + (xx[None] - cx[:, None, None]) ** 2) < (res / 4) ** 2).float()
-    alpha = disc[:, None].expand(batch_size, v, 1, res, res).contiguous()
-    colour = torch.rand(batch_size, 1, 3, 1, 1, generator=g)
-    views = alpha * colour + (1 - alpha)
-    return {"views": views, "input_view": views[:, 0], "alpha": alpha, "K": K, "c2w": c2w}
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
