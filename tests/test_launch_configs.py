@@ -87,13 +87,18 @@ def test_gpu_configs_match_the_gpu_medium_precision():
 
 
 HELLO = """
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 
 accelerator = Accelerator(cpu=not torch.cuda.is_available())
 total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), "sum")
-print(f"rank {accelerator.process_index}/{accelerator.num_processes} {accelerator.distributed_type} "
-      f"{accelerator.state.backend} {total.item()}", flush=True)
+# one file per rank: the ranks share one stdout, where their lines can interleave mid-line
+Path(f"rank{accelerator.process_index}.txt").write_text(
+    f"rank {accelerator.process_index}/{accelerator.num_processes} {accelerator.distributed_type} "
+    f"{accelerator.state.backend} {total.item()}"
+)
 accelerator.end_training()  # destroys the process group: without it gloo may abort at exit
 """
 
@@ -113,5 +118,5 @@ def test_cpu_config_starts_two_gloo_ranks(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ranks = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    ranks = [p.read_text() for p in sorted(tmp_path.glob("rank*.txt"))]
     assert ranks == [f"rank {i}/2 DistributedType.MULTI_CPU gloo 3.0" for i in range(2)], proc.stdout
