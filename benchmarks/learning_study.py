@@ -1,6 +1,6 @@
 """The learning study: what makes the denoiser F learn at laptop scale, measured on the val split.
 
-    python benchmarks/learning_study.py noise    [--steps 300]   # noise distributions, same budget
+    python benchmarks/learning_study.py noise    [--steps 300] [--runs mixture regression]
     python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
@@ -10,6 +10,11 @@ Every number is on the validation split (objects neither trained on nor evaluate
 conditional mean), a full sample of plain multi-view diffusion (no G) and the trivial
 baselines. ``noise`` and ``size`` pretrain F from scratch with the params' ``pretrain.denoiser``
 settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed weights.
+``noise --runs`` re-runs only the named runs (a word of their label) and keeps the others' rows.
+The ``regression`` run is the issue's regression reference: the same network trained only at
+σ = σ_max, where the noisy input carries nothing and the EDM loss is plain MSE of D against
+the views: its 1-step score is the conditional mean learnt by regression (its sampled
+column means nothing: it never saw a lower σ).
 Results go to ``results/study/<part>.csv`` (committed); ``figure`` draws them.
 Run after ``dvc repro render ccm`` (it needs the rendered data). Takes minutes per run on 2 cores.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import math
 import re
 import sys
 import time
@@ -35,8 +41,16 @@ from ouroboros3d.training import train
 from ouroboros3d.validation import stack_items, validation_scores
 
 OUT = Path("results/study")
-# (label, p_mean, p_std): the pretraining's earlier setting, EDM2's pixel preset, the paper's
-NOISE = [("EDM N(-1.2, 1.2)", -1.2, 1.2), ("EDM2 N(-0.8, 1.6)", -0.8, 1.6), ("paper N(1.0, 1.6)", 1.0, 1.6)]
+# label -> pretrain settings changes: the pretraining's earlier setting, EDM2's pixel preset,
+# the paper's, an even mixture of the first and the third, and the regression reference
+# (ln sigma pinned at ln sigma_max: its p_mean is filled in by main)
+NOISE = {
+    "EDM N(-1.2, 1.2)": {"p_mean": -1.2, "p_std": 1.2},
+    "EDM2 N(-0.8, 1.6)": {"p_mean": -0.8, "p_std": 1.6},
+    "paper N(1.0, 1.6)": {"p_mean": 1.0, "p_std": 1.6},
+    "mixture 1:1 of N(-1.2, 1.2) and N(1.0, 1.6)": {"p_mean": -1.2, "p_std": 1.2, "noise_mixture": (0.5, 1.0, 1.6)},
+    "regression: σ = σ_max only": {"p_std": 1e-3},
+}
 # (label, guidance, guidance_sigmas, sampler, steps)
 SAMPLING = [
     ("Euler 25, no guidance", (1.0, 1.0), None, "euler", 25),
@@ -139,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data")
     parser.add_argument("--steps", type=int, default=300, help="noise: pretraining steps per run")
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
+    parser.add_argument("--runs", nargs="*", help="noise: re-run only runs whose label contains one of these words")
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling: the weights swept")
     args = parser.parse_args(argv)
     params = load_params(args.params)
@@ -146,8 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         figure()
         return 0
     if args.part == "noise":
-        runs = [(label, params, {"p_mean": m, "p_std": s, "steps": args.steps}) for label, m, s in NOISE]
-        _csv(pretrain_runs(params, runs, args.data, max(1, args.steps // 3), None), OUT / "noise.csv")
+        pinned = {"p_mean": math.log(params.sample.sigma_max)}  # the regression run's
+        chosen = [k for k in NOISE if not args.runs or any(w.lower() in k.lower() for w in args.runs)]
+        runs = [
+            (k, params, ({} if "p_mean" in NOISE[k] else pinned) | NOISE[k] | {"steps": args.steps}) for k in chosen
+        ]
+        df = pretrain_runs(params, runs, args.data, max(1, args.steps // 3), None)
+        path = OUT / "noise.csv"
+        if path.exists():  # keep the runs not re-run, in NOISE's order
+            old = pd.read_csv(path)
+            df = pd.concat([old[~old["run"].isin(chosen)], df])
+            df = df.sort_values("run", key=lambda s: s.map(list(NOISE).index), kind="stable")
+        _csv(df, path)
     elif args.part == "size":
         # diffusers' ResNet blocks use GroupNorm(32): every width stays a multiple of 32
         narrow = dataclasses.replace(

@@ -251,8 +251,7 @@ def measure_step(params: Params, device: str, steps: int = 2) -> dict:
 
 
 def measure_sample(params: Params, device: str) -> dict:
-    from ouroboros3d.model import sample
-    from ouroboros3d.validation import SAMPLERS
+    from ouroboros3d.model import sample, sample_kwargs
 
     model = build(params, device).eval()
     one = {k: t.to(device) for k, t in synthetic_batch(params, 1).items()}
@@ -264,14 +263,7 @@ def measure_sample(params: Params, device: str) -> dict:
             one["input_view"],
             one["K"],
             one["c2w"],
-            steps=sp.steps,
-            sigma_min=sp.sigma_min,
-            sigma_max=sp.sigma_max,
-            guidance=tuple(sp.guidance),
-            guidance_sigmas=sp.guidance_sigmas,
-            feedback_start=sp.feedback_start,
-            reconstruct="every_step",
-            sampler=SAMPLERS[sp.sampler],
+            **sample_kwargs(sp, reconstruct="every_step"),
             generator=torch.Generator().manual_seed(0),
         )
         _sync(device)

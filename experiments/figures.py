@@ -123,6 +123,14 @@ def curves_figure(table: pd.DataFrame, labels: list[str]):
     return fig
 
 
+# val.csv columns (ouroboros3d/validation.py): F's runs have the first two, G's the third
+CURVES = {
+    "mv_psnr": ("o-", "sampled views (no G)"),
+    "x0_psnr": ("s-", "1-step: D(σ_max)"),
+    "recon_psnr": ("^-", "G on ground-truth views"),
+}
+
+
 def learning_figure(train_dir: Path):
     """Validation-split PSNR against training steps, one panel per training run with a val.csv."""
     curves_ = {p.parent.name: pd.read_csv(p) for p in sorted(train_dir.glob("*/val.csv"))}
@@ -130,14 +138,16 @@ def learning_figure(train_dir: Path):
         return None
     fig, axes = plt.subplots(1, len(curves_), figsize=(4.2 * len(curves_), 3.4), squeeze=False, sharey=True)
     for ax, (name, df) in zip(axes[0], curves_.items(), strict=True):
-        ax.plot(df["step"], df["mv_psnr"], "o-", label="sampled views (no G)")
-        ax.plot(df["step"], df["x0_psnr"], "s-", label="1-step: D(σ_max)")
+        for column, (marker, label) in CURVES.items():
+            if column in df:
+                ax.plot(df["step"], df[column], marker, label=label)
         ax.axhline(df["copy_input_psnr"].iloc[-1], color="k", ls="--", lw=1, label="copy input view")
         ax.axhline(df["white_psnr"].iloc[-1], color="grey", ls=":", lw=1, label="white image")
         ax.set(title=name, xlabel="training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("PSNR of non-input views, val split (dB)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -22,13 +22,12 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_text
+from ouroboros3d.stats import mean_ci
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float = 0.95) -> dict | None:
@@ -39,8 +38,8 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float = 0.
     d = (joined["a"] - joined["b"]).to_numpy(dtype=float)
     if len(d) < 2:
         return None
-    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return {"mean": float(d.mean()), "lo": float(d.mean() - half), "hi": float(d.mean() + half), "n": len(d)}
+    ci = mean_ci(d, confidence)
+    return {"mean": ci["mean"], "lo": ci["ci_low"], "hi": ci["ci_high"], "n": ci["n"]}
 
 
 def verdict(diff: dict | None, higher_is_better: bool) -> str:
@@ -141,9 +140,12 @@ def _training(results: Path) -> str:
 
 def _schedule(t) -> str:
     decay = f"constant, cosine decay over the last {t.lr_decay_fraction:.0%}" if t.lr_decay_fraction < 1 else "cosine"
+    mix = t.noise_mixture
     return (
         f"{t.steps} steps of {t.batch_size} objects, AdamW lr {t.lr} ({decay}), EMA {t.ema_decay}, "
-        f"ln σ ~ N({t.p_mean}, {t.p_std}²), recolouring {'on' if t.recolour else 'off'}"
+        f"ln σ ~ N({t.p_mean}, {t.p_std}²)"
+        + (f" ({mix[0]:.0%} from N({mix[1]}, {mix[2]}²))" if mix else "")
+        + f", recolouring {'on' if t.recolour else 'off'}"
     )
 
 
@@ -177,14 +179,16 @@ def _setup(params) -> str:
 
 def _learning(results: Path) -> str:
     """The validation-split learning curves of the pretraining and fine-tuning runs."""
+    columns = ("x0_psnr", "mv_psnr", "recon_psnr", "copy_input_psnr", "white_psnr")
     lines = [
-        "| run | step | 1-step x0 PSNR | sampled MV PSNR | copy-input PSNR | white PSNR |",
-        "|---|---|---|---|---|---|",
+        "| run | step | 1-step x0 PSNR | sampled MV PSNR | G on GT views PSNR | copy-input PSNR | white PSNR |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in sorted((results / "train").glob("*/val.csv")):
-        for row in pd.read_csv(path).itertuples(index=False):
-            cells = [f"{getattr(row, k):.2f}" for k in ("x0_psnr", "mv_psnr", "copy_input_psnr", "white_psnr")]
-            lines.append(f"| {path.parent.name} | {row.step} | " + " | ".join(cells) + " |")
+        df = pd.read_csv(path)
+        for _, row in df.iterrows():
+            cells = [f"{row[k]:.2f}" if k in df else "–" for k in columns]
+            lines.append(f"| {path.parent.name} | {int(row['step'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else "(no validation curves: run `dvc repro`)\n"
 
 

@@ -42,7 +42,7 @@ PAPER_TABLE2 = {
 }
 # Table 3 of the paper (3DGS renders), keyed by the fraction of the 25 steps before feedback starts
 PAPER_TABLE3 = {0.0: (21.761, 0.9094, 0.0991), 0.4: (21.633, 0.9099, 0.1021), 0.8: (20.805, 0.8957, 0.1101)}
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "cd": 4, "fscore": 3}
+DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "cd": 4, "fscore": 3, "iou": 3}
 # reference rows, scored by the same metric code on the same objects as the run they come from
 TRIVIAL = {
     "recon_gt": "reference: G on the ground-truth views (ceiling of the 3D columns)",
@@ -132,7 +132,13 @@ def _add_mv_and_geometry(shown_row: dict, report: dict | None, fkey: str | None)
         numbers |= _numbers(report, f"mv_{m}")
     shown_row["CD"] = cell(report, "cd")
     shown_row[fkey or "F-score"] = cell(report, fkey) if fkey else "–"
-    return numbers | _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
+    numbers |= _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
+    # the extracted mesh's geometry (Table 2's runs; protocol in ouroboros3d/metrics.py)
+    mesh = {"mesh_cd": "mesh CD", "volume_iou": "vol. IoU"} | ({f"mesh_{fkey}": f"mesh {fkey}"} if fkey else {})
+    for column, title in mesh.items():
+        shown_row[title] = cell(report, column)
+        numbers |= _numbers(report, column)
+    return numbers
 
 
 def table2(runs: dict[str, dict], variants: dict[str, tuple], threshold: float | None = 0.05):

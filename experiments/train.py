@@ -28,7 +28,7 @@ from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_text, save_weights
 from ouroboros3d.perceptual import load_lpips
 from ouroboros3d.training import train
-from ouroboros3d.validation import stack_items, validation_scores
+from ouroboros3d.validation import reconstruction_scores, stack_items, validation_scores
 
 
 @guard
@@ -61,15 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = training_fingerprint(dataclasses.replace(params, train=settings), tuple(init.values()))
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    validate = None
-    if objective != "reconstructor":
-        val = MultiViewDataset.for_split("val", args.data, params.ccm.normalization)
-        val_batch = stack_items([val[i] for i in range(len(val))])
-        sp = params.sample
+    val = MultiViewDataset.for_split("val", args.data, params.ccm.normalization)
+    val_batch = stack_items([val[i] for i in range(len(val))])
+    sp = params.sample
 
-        def validate(m):  # plain multi-view diffusion on the val split: Euler, no guidance
-            kwargs = dict(sigma_min=sp.sigma_min, sigma_max=sp.sigma_max, steps=sp.steps)
-            return validation_scores(m, val_batch, seed=params.seed, **kwargs)
+    def validate(m):  # G on the val views; else plain multi-view diffusion: Euler, no guidance
+        if objective == "reconstructor":
+            return reconstruction_scores(m, val_batch)
+        kwargs = dict(sigma_min=sp.sigma_min, sigma_max=sp.sigma_max, steps=sp.steps)
+        return validation_scores(m, val_batch, seed=params.seed, **kwargs)
 
     summary = train(
         model,

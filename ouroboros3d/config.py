@@ -236,6 +236,8 @@ class TrainSettings:
     feedback_prob: float = 0.5  # Algorithm 1: probability of the second pass with feedback
     p_mean: float = 1.0  # ln sigma ~ N(p_mean, p_std^2), eq. above (5)
     p_std: float = 1.6
+    # (share, p_mean, p_std): that share of the training noise levels from a second log-normal
+    noise_mixture: tuple[float, float, float] | None = None
     recon_weight: float = 1.0
     alpha_weight: float = 1.0
     lpips_weight: float = 0.0  # 0 on CPU: LPIPS needs pretrained weights this machine cannot fetch
@@ -253,6 +255,9 @@ class TrainSettings:
         for name in ("cond_dropout", "feedback_prob", "lr_decay_fraction"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must lie in [0, 1]")
         _check(self.p_std > 0, f"{key}.p_std", "must be positive")
+        if self.noise_mixture is not None:
+            share, _, std = self.noise_mixture
+            _check(0 <= share <= 1 and std > 0, f"{key}.noise_mixture", "needs [share in [0, 1], p_mean, p_std > 0]")
         for name in (
             "recon_weight",
             "alpha_weight",
@@ -307,9 +312,11 @@ class EvaluationParams:
     step_objects: int = 3  # eval objects whose per-step reconstructions are recorded (Figure 3)
     feedback_starts: tuple[float, ...] = (0.4, 0.8, 1.0)  # Table 3: inference-only feedback windows
     confidence: float = 0.95  # of the t-interval over objects
+    mesh_metrics: bool = True  # Table 2 runs: mesh Chamfer/F-score and volume IoU (ouroboros3d.metrics)
+    iou_grid: int = 64  # voxels per side of the volume-IoU grid (SyncDreamer's 64)
 
     def validate(self, key: str) -> None:
-        for name in ("batch_size", "gt_points"):
+        for name in ("batch_size", "gt_points", "iou_grid"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check(self.step_objects >= 0, f"{key}.step_objects", "must be >= 0")
         _check(
@@ -327,6 +334,9 @@ class EvaluationParams:
 
 # top-level params a `variants:` block may override (the rest describe data, sampling, evaluation)
 VARIANT_KEYS = ("seed", "feedback", "feedback_maps", "joint", "model", "train")
+# ... and the switches it must set: a Table 2 row is its own switches, never the top-level ones,
+# so `dvc exp run -S feedback=false` (a change of the main model) leaves every variant as it was
+VARIANT_SWITCHES = ("feedback", "feedback_maps", "joint")
 
 
 @dataclass(frozen=True)
@@ -372,6 +382,10 @@ class Params:
             _check(name != "main", "variants", "'main' is the model of the top-level params; name variants otherwise")
             bad = sorted(set(block) - set(VARIANT_KEYS))
             _check(not bad, f"variants.{name}", f"cannot override {bad}; a variant may set {list(VARIANT_KEYS)}")
+            missing = [k for k in VARIANT_SWITCHES if k not in block]
+            _check(
+                not missing, f"variants.{name}", f"must set {missing}: a variant sets all of {list(VARIANT_SWITCHES)}"
+            )
             self.with_variant(name)  # validates the variant's params
         unknown = [v for v in self.train_variants if v not in self.variants]
         _check(not unknown, "train_variants", f"unknown variant(s) {unknown}; have {sorted(self.variants)}")
@@ -464,6 +478,7 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 def params_from_dict(raw: dict) -> Params:
     """Resolve the preset, build and validate :class:`Params` from a params.yaml mapping."""
+    _check(raw is None or isinstance(raw, dict), "params", f"must be a mapping of sections, got a {type(raw).__name__}")
     raw = dict(raw or {})
     presets = raw.pop("presets", {}) or {}
     preset = raw.get("preset", "cpu-small")
@@ -507,6 +522,8 @@ def params_from_resolved(raw: dict) -> Params:
     not merged again (``params_from_dict`` would reject a non-default preset it cannot find).
     """
     _check(isinstance(raw, dict), "params.json", f"must be a mapping, got {type(raw).__name__}")
-    params = _build(Params, dict(raw), "")
+    # a trained model is one model: the ablation variants of the params it came from are not its
+    # own, and a checkpoint must keep loading when the rules for variants change
+    params = _build(Params, dict(raw) | {"variants": {}, "train_variants": ()}, "")
     params.validate()
     return params

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "SAMPLERS",
     "EDMLoss",
     "EDMPrecond",
     "c_in",
@@ -101,9 +102,20 @@ def sample_training_sigma(
     p_std: float = 1.6,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    mixture: tuple[float, float, float] | None = None,
 ) -> torch.Tensor:
-    """Training noise levels, ``ln sigma ~ N(P_mean, P_std^2)`` (paper: 1.0, 1.6)."""
-    return torch.exp(p_mean + p_std * torch.randn(n, generator=generator, device=device))
+    """Training noise levels, ``ln sigma ~ N(P_mean, P_std^2)`` (paper: 1.0, 1.6).
+
+    ``mixture`` = (share, p_mean2, p_std2) draws that share of the samples from a second
+    log-normal instead: one setting can train both the low-noise detail and the high-noise
+    conditional mean.
+    """
+    z = torch.randn(n, generator=generator, device=device)
+    if mixture is None:
+        return torch.exp(p_mean + p_std * z)
+    share, p_mean2, p_std2 = mixture
+    second = torch.rand(n, generator=generator, device=device) < share
+    return torch.exp(torch.where(second, p_mean2 + p_std2 * z, p_mean + p_std * z))
 
 
 class EDMLoss:
@@ -207,3 +219,7 @@ def sample_heun(
         _notify(callback, cond, i=i, sigma=sigma, sigma_next=sigma_next, x=x, denoised=denoised)
         x = x_next
     return x
+
+
+# params `sample.sampler` -> the sampler; every caller looks it up here
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "heun": sample_heun}

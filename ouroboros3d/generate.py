@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
-from . import cameras, edm
+from . import cameras
 from .config import Params, ParamsError, params_from_resolved
 from .errors import UserError
 from .gaussians import Gaussians, save_ply
 from .io import atomic_write_bytes, atomic_write_text, load_weights
-from .model import Ouroboros3D, Reconstruction, StepRecord, sample
+from .model import Ouroboros3D, Reconstruction, StepRecord, sample, sample_kwargs
 from .splatting import render
 
 __all__ = [
@@ -408,7 +408,6 @@ def generate(
     dev = ckpt.device
     feedback_start = params.sample.feedback_start if feedback else 1.0
     generator = torch.Generator().manual_seed(int(seed))
-    sampler = edm.sample_heun if params.sample.sampler == "heun" else edm.sample_euler
     t0 = time.perf_counter()
     try:
         out = sample(
@@ -416,14 +415,8 @@ def generate(
             prepared.tensor[None].to(dev),
             K[None].to(dev),
             c2w[None].to(dev),
-            steps=steps,
-            sigma_min=params.sample.sigma_min,
-            sigma_max=params.sample.sigma_max,
-            guidance=params.sample.guidance,
-            guidance_sigmas=params.sample.guidance_sigmas,
-            feedback_start=feedback_start,
+            **sample_kwargs(params.sample, steps=steps, feedback_start=feedback_start),
             generator=generator,
-            sampler=sampler,
             on_step=on_step,
         )
     finally:

@@ -28,6 +28,7 @@ carves into the object: the mesh shows what the renderer shows, no more.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,16 @@ from .gaussians import Gaussians
 from .io import atomic_write_bytes
 from .splatting import render
 
-__all__ = ["MeshError", "camera_sphere", "fuse_tsdf", "gaussians_to_mesh", "write_mesh"]
+__all__ = [
+    "Fusion",
+    "MeshError",
+    "camera_sphere",
+    "fuse_gaussians",
+    "fuse_tsdf",
+    "gaussians_to_mesh",
+    "mesh_from_fusion",
+    "write_mesh",
+]
 
 MAX_ELEVATION_DEG = 80.0  # orbit cameras cannot look straight down the up axis (cameras.look_at)
 
@@ -141,6 +151,72 @@ def _trilinear(volume: np.ndarray, index_points: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclass
+class Fusion:
+    """The fused volumes of one object: TSDF (R, R, R) in [-1, 1] (inside < 0), colour sums and weights."""
+
+    tsdf: np.ndarray
+    colour_sum: np.ndarray
+    colour_weight: np.ndarray
+    bound: float
+
+    @property
+    def voxel(self) -> float:
+        return 2.0 * self.bound / self.tsdf.shape[0]
+
+
+def fuse_gaussians(
+    gaussians: Gaussians,
+    *,
+    resolution: int = 96,
+    num_cameras: int = 32,
+    image_size: int = 128,
+    radius: float = 2.2,
+    fov_deg: float = 39.6,
+    bound: float = 0.6,
+    truncation_voxels: float = 3.0,
+    alpha_threshold: float = 0.5,
+) -> Fusion:
+    """Steps 1-2 of the module docstring for one object (B = 1); arguments as :func:`gaussians_to_mesh`."""
+    if gaussians.batch_size != 1:
+        raise ValueError(f"gaussians_to_mesh meshes one object, got a batch of {gaussians.batch_size}: pass g[i]")
+    if resolution < 4:
+        raise ValueError(f"resolution must be >= 4 voxels, got {resolution}")
+    voxel = 2.0 * bound / resolution
+    c2w = camera_sphere(num_cameras, radius)
+    depth, colour, K = _render_views(gaussians.detach(), c2w, fov_deg, image_size, alpha_threshold)
+    volumes = fuse_tsdf(depth, colour, K, c2w.to(depth.device), resolution, bound, voxel * truncation_voxels)
+    return Fusion(*(t.cpu().numpy() for t in volumes), bound=bound)
+
+
+def mesh_from_fusion(fusion: Fusion):
+    """Steps 3-4: marching cubes on the TSDF, vertex colours, the largest connected piece."""
+    import trimesh
+    from skimage.measure import marching_cubes
+
+    # one layer of "outside" around the grid closes a surface that touches the grid's faces
+    padded = np.pad(fusion.tsdf, 1, constant_values=1.0)
+    if padded.min() >= 0.0:
+        raise MeshError("no surface to mesh: the Gaussians render nothing inside the grid (all transparent?)")
+    # inside is negative: "descent" (the default) then orients the faces outwards
+    verts, faces, _, _ = marching_cubes(padded, level=0.0, gradient_direction="descent")
+    index = verts - 1.0  # fractional indices into the unpadded volumes
+    rgb = _trilinear(fusion.colour_sum, index) / np.maximum(_trilinear(fusion.colour_weight, index), 1e-6)
+    colours = np.concatenate([np.clip(rgb * 255.0 + 0.5, 0, 255), np.full((len(rgb), 1), 255.0)], axis=1)
+    mesh = trimesh.Trimesh(
+        vertices=-fusion.bound + fusion.voxel * (index + 0.5),
+        faces=faces,
+        vertex_colors=colours.astype(np.uint8),
+        process=False,
+    )
+    # the largest piece by face count (labelling faces is far cheaper than splitting into meshes)
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    if labels.max() > 0:
+        mesh.update_faces(labels == np.argmax(np.bincount(labels)))
+        mesh.remove_unreferenced_vertices()
+    return mesh
+
+
 def gaussians_to_mesh(
     gaussians: Gaussians,
     *,
@@ -168,34 +244,9 @@ def gaussians_to_mesh(
 
     Raises :class:`MeshError` when nothing is rendered inside the grid.
     """
-    import trimesh
-    from skimage.measure import marching_cubes
-
-    if gaussians.batch_size != 1:
-        raise ValueError(f"gaussians_to_mesh meshes one object, got a batch of {gaussians.batch_size}: pass g[i]")
-    if resolution < 4:
-        raise ValueError(f"resolution must be >= 4 voxels, got {resolution}")
-    voxel = 2.0 * bound / resolution
-    c2w = camera_sphere(num_cameras, radius)
-    depth, colour, K = _render_views(gaussians.detach(), c2w, fov_deg, image_size, alpha_threshold)
-    tsdf, colour_sum, colour_weight = (
-        t.cpu().numpy()
-        for t in fuse_tsdf(depth, colour, K, c2w.to(depth.device), resolution, bound, voxel * truncation_voxels)
-    )
-    # one layer of "outside" around the grid closes a surface that touches the grid's faces
-    padded = np.pad(tsdf, 1, constant_values=1.0)
-    if padded.min() >= 0.0:
-        raise MeshError("no surface to mesh: the Gaussians render nothing inside the grid (all transparent?)")
-    # inside is negative: "descent" (the default) then orients the faces outwards
-    verts, faces, _, _ = marching_cubes(padded, level=0.0, gradient_direction="descent")
-    index = verts - 1.0  # fractional indices into the unpadded volumes
-    rgb = _trilinear(colour_sum, index) / np.maximum(_trilinear(colour_weight, index), 1e-6)
-    colours = np.concatenate([np.clip(rgb * 255.0 + 0.5, 0, 255), np.full((len(rgb), 1), 255.0)], axis=1)
-    mesh = trimesh.Trimesh(
-        vertices=-bound + voxel * (index + 0.5), faces=faces, vertex_colors=colours.astype(np.uint8), process=False
-    )
-    pieces = mesh.split(only_watertight=False)
-    return max(pieces, key=lambda m: len(m.faces)) if len(pieces) > 1 else mesh
+    settings = dict(resolution=resolution, num_cameras=num_cameras, image_size=image_size, radius=radius)
+    settings |= dict(fov_deg=fov_deg, bound=bound, truncation_voxels=truncation_voxels, alpha_threshold=alpha_threshold)
+    return mesh_from_fusion(fuse_gaussians(gaussians, **settings))
 
 
 def write_mesh(mesh, folder: str | Path) -> dict[str, Path]:

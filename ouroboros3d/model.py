@@ -37,6 +37,7 @@ __all__ = [
     "recolour",
     "reconstructor_losses",
     "sample",
+    "sample_kwargs",
     "training_losses",
 ]
 
@@ -208,8 +209,8 @@ def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> d
     return out
 
 
-def _noisy(model: Ouroboros3D, x: torch.Tensor, generator: torch.Generator, p_mean: float, p_std: float):
-    sigma = edm.sample_training_sigma(x.shape[0], p_mean, p_std, generator).to(x.device)
+def _noisy(model: Ouroboros3D, x: torch.Tensor, generator: torch.Generator, p_mean: float, p_std: float, mixture):
+    sigma = edm.sample_training_sigma(x.shape[0], p_mean, p_std, generator, mixture=mixture).to(x.device)
     noise = torch.randn(x.shape, generator=generator).to(x)
     return sigma, x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise
 
@@ -222,6 +223,7 @@ def denoiser_losses(
     cond_dropout: float = 0.1,
     p_mean: float = 1.0,
     p_std: float = 1.6,
+    noise_mixture: tuple[float, float, float] | None = None,
     **_: object,
 ) -> dict[str, torch.Tensor]:
     """F alone as plain multi-view diffusion (eq. 3), no G and no feedback: F's pretraining,
@@ -229,7 +231,7 @@ def denoiser_losses(
     views, K, c2w = batch["views"], batch["K"], batch["c2w"]
     b = views.shape[0]
     x = model.encode_views(views, batch["input_view"])
-    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std)
+    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std, noise_mixture)
     drop = torch.rand(b, generator=generator).to(views.device) < cond_dropout
     cond = model.condition(batch["input_view"], K, c2w, drop=drop)
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
@@ -285,6 +287,7 @@ def training_losses(
     cond_dropout: float = 0.1,
     p_mean: float = 1.0,
     p_std: float = 1.6,
+    noise_mixture: tuple[float, float, float] | None = None,
     weights: LossWeights = LossWeights(),
     lpips: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -302,7 +305,7 @@ def training_losses(
         return torch.rand(*shape, generator=generator).to(device)
 
     x = model.encode_views(views, batch["input_view"])
-    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std)
+    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std, noise_mixture)
     cond = model.condition(batch["input_view"], K, c2w, drop=rand(b) < cond_dropout)
 
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
@@ -364,6 +367,24 @@ def feedback_window(num_steps: int, start: float) -> list[bool]:
         raise ValueError(f"feedback start must lie in [0, 1], got {start}")
     first = round(start * num_steps)
     return [i >= first for i in range(num_steps)]
+
+
+def sample_kwargs(settings, **overrides) -> dict:
+    """:func:`sample`'s keyword arguments from params ``sample`` (a ``SampleParams``), then ``overrides``.
+
+    The one place the params map onto the sampler, so evaluation, generation, validation and
+    the benchmarks sample alike.
+    """
+    kwargs = dict(
+        steps=settings.steps,
+        sigma_min=settings.sigma_min,
+        sigma_max=settings.sigma_max,
+        guidance=tuple(settings.guidance),
+        guidance_sigmas=settings.guidance_sigmas,
+        feedback_start=settings.feedback_start,
+        sampler=edm.SAMPLERS[settings.sampler],
+    )
+    return kwargs | overrides
 
 
 @torch.no_grad()

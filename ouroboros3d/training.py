@@ -27,7 +27,7 @@ from .config import TrainSettings
 from .io import save_tensors
 from .model import LossWeights, Ouroboros3D, recolour
 
-__all__ = ["EMA", "TrainSettings", "batch_indices", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = ["EMA", "TrainSettings", "batch_indices", "load_training_state", "save_training_state", "train"]
 
 LOG_FIELDS = ("step", "loss", "loss_mv", "loss_recon", "loss_rgb", "loss_alpha", "lr", "seconds")
 
@@ -82,7 +82,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 # --- checkpoints ---------------------------------------------------------------------
 
 
-def save_checkpoint(
+def save_training_state(
     path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, step: int, fingerprint: str
 ) -> None:
     """Weights, EMA and AdamW state in one safetensors file, replaced atomically."""
@@ -109,10 +109,10 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
         return f.metadata()
 
 
-def load_checkpoint(
+def load_training_state(
     path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, device: torch.device | str = "cpu"
 ) -> int:
-    """Restore a :func:`save_checkpoint` file; returns the step it was written at."""
+    """Restore a :func:`save_training_state` file (the rolling resume checkpoint); returns its step."""
     tensors = load_file(str(path))
     meta = checkpoint_metadata(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -218,7 +218,7 @@ def train(
     if last.exists():
         meta = checkpoint_metadata(last)
         if meta.get("fingerprint") == fingerprint:
-            start = load_checkpoint(last, model, ema, optimizer, accelerator.device)
+            start = load_training_state(last, model, ema, optimizer, accelerator.device)
             accelerator.print(f"resuming from {last} at step {start}")
         else:
             accelerator.print(f"{last} was written with other params: training from scratch")
@@ -260,6 +260,7 @@ def train(
                     cond_dropout=settings.cond_dropout,
                     p_mean=settings.p_mean,
                     p_std=settings.p_std,
+                    noise_mixture=settings.noise_mixture,
                     weights=weights,
                     lpips=lpips,
                 )
@@ -284,7 +285,7 @@ def train(
                 _append_row(val_path, {"step": done} | scores)
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
-                save_checkpoint(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint)
+                save_training_state(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint)
             if on_step is not None:
                 on_step(done, values)
     finally:

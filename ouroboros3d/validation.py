@@ -7,7 +7,9 @@ evaluation's protocol) of:
 * ``x0_psnr``: the 1-step sample, D(sigma_max * noise; sigma_max): the conditional mean of
   the views given the input view and the cameras, which the high-noise regime must learn first;
 * ``mv_psnr``: the views of a full sample (plain multi-view diffusion, no G);
-* ``copy_input_psnr`` and ``white_psnr``: the trivial baselines on the same objects.
+* ``copy_input_psnr`` and ``white_psnr``: the trivial baselines on the same objects;
+* ``recon_psnr`` (:func:`reconstruction_scores`, for G's pretraining): G's renders from the
+  ground-truth views, the ceiling of every 3D column.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ import torch
 from . import edm
 from .model import Ouroboros3D, sample
 
-__all__ = ["SAMPLERS", "psnr", "stack_items", "validation_scores"]
-
-SAMPLERS = {"euler": edm.sample_euler, "heun": edm.sample_heun}
+__all__ = ["psnr", "reconstruction_scores", "stack_items", "validation_scores"]
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,13 +64,29 @@ def validation_scores(
         steps=steps,
         guidance=guidance,
         guidance_sigmas=guidance_sigmas,
-        sampler=SAMPLERS[sampler],
+        sampler=edm.SAMPLERS[sampler],
         **common,
     ).views
     model.train(was_training)
     return {
         "x0_psnr": psnr(x0[:, 1:], target).mean().item(),
         "mv_psnr": psnr(views[:, 1:], target).mean().item(),
+    } | _baselines(batch)
+
+
+def _baselines(batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    target = batch["views"][:, 1:]
+    return {
         "copy_input_psnr": psnr(batch["input_view"][:, None].expand_as(target), target).mean().item(),
         "white_psnr": psnr(torch.ones_like(target), target).mean().item(),
     }
+
+
+@torch.no_grad()
+def reconstruction_scores(model: Ouroboros3D, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """G on the ground-truth views of ``batch``: PSNR of its renders at the non-input views."""
+    was_training = model.training
+    model.eval()
+    recon = model.reconstruct(batch["views"], batch["K"], batch["c2w"], None)
+    model.train(was_training)
+    return {"recon_psnr": psnr(recon.rgb[:, 1:], batch["views"][:, 1:]).mean().item()} | _baselines(batch)

@@ -211,8 +211,7 @@ def check_training(params, steps: int, objects: int, mixed_precision: str = "bf1
 
 
 def check_sampling(model, params) -> dict:
-    from ouroboros3d.model import sample
-    from ouroboros3d.validation import SAMPLERS
+    from ouroboros3d.model import sample, sample_kwargs
 
     item = synthetic_dataset(params, 1)[0]
     device = next(model.parameters()).device
@@ -226,14 +225,7 @@ def check_sampling(model, params) -> dict:
         item["input_view"][None].to(device),
         item["K"][None].to(device),
         item["c2w"][None].to(device),
-        steps=sp.steps,
-        sigma_min=sp.sigma_min,
-        sigma_max=sp.sigma_max,
-        guidance=tuple(sp.guidance),
-        guidance_sigmas=sp.guidance_sigmas,
-        feedback_start=sp.feedback_start,
-        reconstruct="every_step",
-        sampler=SAMPLERS[sp.sampler],
+        **sample_kwargs(sp, reconstruct="every_step"),
         generator=torch.Generator().manual_seed(0),
     )
     sync()

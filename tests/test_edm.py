@@ -84,6 +84,21 @@ def test_training_sigma_distribution_matches_p_mean_p_std():
     assert other.mean().item() == pytest.approx(-1.2, abs=0.02)
 
 
+def test_noise_mixture_draws_its_share_from_the_second_log_normal():
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    # two far-apart components: every sample is attributable to one of them
+    log_sigma = torch.log(edm.sample_training_sigma(n, -3.0, 0.1, g, mixture=(0.3, 3.0, 0.2))).double()
+    second = log_sigma > 0
+    assert second.double().mean().item() == pytest.approx(0.3, abs=4 * math.sqrt(0.3 * 0.7 / n))
+    assert log_sigma[second].mean().item() == pytest.approx(3.0, abs=0.01)
+    assert log_sigma[second].std().item() == pytest.approx(0.2, abs=0.01)
+    assert log_sigma[~second].mean().item() == pytest.approx(-3.0, abs=0.01)
+    # share 0 is the plain first log-normal
+    only_first = torch.log(edm.sample_training_sigma(n, -3.0, 0.1, g, mixture=(0.0, 3.0, 0.2)))
+    assert only_first.max().item() < 0
+
+
 def test_loss_is_weighted_dsm_equation_3():
     x0 = torch.randn(4, 5)
     sigma = torch.tensor([0.3, 1.0, 3.0, 9.0])

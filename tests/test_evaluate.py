@@ -61,6 +61,9 @@ def test_evaluate_writes_parseable_results(evaluated):
         assert np.isfinite(rows[col]).all(), col
     np.testing.assert_allclose(rows.delta_psnr, rows.mv_psnr - rows["3d_psnr"], rtol=1e-5)
     assert "mv_lpips" not in rows  # unavailable, not a number
+    # mesh geometry of the final Gaussians (an untrained G may mesh to nothing: IoU 0, CD NaN)
+    assert {"mesh_cd", "mesh_fscore@0.05", "volume_iou"} <= set(rows)
+    assert rows["volume_iou"].between(0, 1).all() and rows["mesh_fscore@0.05"].between(0, 1).all()
 
     report = json.loads((run / "metrics.json").read_text())
     assert report["objects"] == 2 and report["sample"]["steps"] == 2
@@ -157,7 +160,12 @@ def test_variants_override_the_top_level_switches():
     "changes, message",
     [
         ({"variants": {"odd": {"data": {"resolution": 64}}}}, "variants.odd"),
-        ({"variants": {"bad": {"feedback": True, "joint": False}}}, "variants.bad"),
+        ({"variants": {"bad": {"feedback": True, "feedback_maps": ["ccm"], "joint": False}}}, "variants.bad"),
+        # a variant inheriting a top-level switch would change with `-S feedback=false`
+        (
+            {"variants": {"partial": {"feedback": False, "joint": False}}},
+            r"variants.partial: must set \['feedback_maps'\]",
+        ),
         ({"train_variants": ["nope"]}, "train_variants"),
         ({"evaluation": {"fscore_thresholds": []}}, "evaluation.fscore_thresholds"),
     ],

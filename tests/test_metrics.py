@@ -153,3 +153,27 @@ def test_object_seed_is_deterministic_and_distinct():
     assert metrics.object_seed(0, "a") == metrics.object_seed(0, "a")
     assert len({metrics.object_seed(0, "a"), metrics.object_seed(1, "a"), metrics.object_seed(0, "b")}) == 3
     assert metrics.object_seed(0, "a", "gt_points") != metrics.object_seed(0, "a")
+
+
+def _sphere_points(radius: float, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    sphere.apply_translation(centre)
+    return metrics.sample_surface_points(sphere, 50_000, seed=0)
+
+
+def test_occupancy_fills_a_sphere_to_its_volume():
+    grid = metrics.occupancy(_sphere_points(0.4), resolution=64, bound=0.6)
+    pitch = 1.2 / 64
+    # a solid, not a shell: the volume within the half-voxel shell inflation (~7% at r = 0.4)
+    assert grid.sum() * pitch**3 == pytest.approx(4 / 3 * math.pi * 0.4**3, rel=0.12)
+    assert grid[30:34, 30:34, 30:34].all() and not grid[0, 0, 0]
+
+
+def test_volume_iou_of_nested_and_disjoint_spheres():
+    outer, inner = metrics.occupancy(_sphere_points(0.4)), metrics.occupancy(_sphere_points(0.2))
+    assert metrics.volume_iou(outer, outer) == 1.0
+    # nested: IoU = inner volume / outer volume = (0.2 / 0.4)^3, up to the shells' inflation
+    assert metrics.volume_iou(inner, outer) == pytest.approx(0.125, abs=0.03)
+    far = metrics.occupancy(_sphere_points(0.1, centre=(0.45, 0.45, 0.45)))
+    assert metrics.volume_iou(inner, far) == 0.0
+    assert metrics.volume_iou(np.zeros((4, 4, 4), bool), np.zeros((4, 4, 4), bool)) == 0.0

@@ -56,6 +56,8 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     for name in ("main", "main-fs0.4", "main-fs0.8", "main-fs1.0", "baseline"):
         per_object = pd.read_csv(repo / "results" / "eval" / name / "per_object.csv")
         assert len(per_object) == 2 and {"mv_psnr", "3d_psnr", "cd"} <= set(per_object.columns), name
+        # mesh geometry for Table 2's runs; Table 3's windows compare depth points only
+        assert ("volume_iou" in per_object) == ("-fs" not in name), name
     for stem in ("table2_ablation", "table3_feedback_window"):
         assert (repo / "results" / "tables" / f"{stem}.md").read_text().startswith("# Table")
         assert len(pd.read_csv(repo / "results" / "tables" / f"{stem}.csv")) >= 1
@@ -79,6 +81,8 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
         assert summary["init"][part] == f"models/pretrain/{part}"
     val = pd.read_csv(repo / "results" / "train" / "pretrain_denoiser" / "val.csv")
     assert val["step"].tolist() == [1, 2] and (val["white_psnr"] > 0).all()
+    val_g = pd.read_csv(repo / "results" / "train" / "pretrain_reconstructor" / "val.csv")  # G's curve
+    assert val_g["step"].iloc[-1] == 2 and {"recon_psnr", "copy_input_psnr"} <= set(val_g)
     assert (repo / "models" / "main" / "model.safetensors").stat().st_size > 0
     report = (repo / "paper" / "report.md").read_text()
     assert "{{" not in report and "## The paper's claims, as measured here" in report

@@ -15,7 +15,7 @@ from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.io import atomic_write_text, save_weights
 from ouroboros3d.model import recolour, sample
 from ouroboros3d.training import _lr_factor, train
-from ouroboros3d.validation import validation_scores
+from ouroboros3d.validation import reconstruction_scores, validation_scores
 
 
 def _save(model, params, folder):
@@ -112,6 +112,20 @@ def test_validation_curve_is_logged_for_the_ema_and_resumes_without_repeats(tmp_
     rows = list(csv.DictReader((tmp_path / "val.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert {"x0_psnr", "mv_psnr", "copy_input_psnr", "white_psnr"} <= set(rows[0])
+
+
+def test_reconstruction_scores_are_g_on_the_ground_truth_views():
+    params = tiny_params(feedback=False, joint=False)
+    batch = synthetic_batch(params, batch_size=2)
+    torch.manual_seed(0)
+    model = build_model(params).train()
+    scores = reconstruction_scores(model, batch)
+    assert model.training  # left as it was
+    with torch.no_grad():
+        rgb = model.eval().reconstruct(batch["views"], batch["K"], batch["c2w"], None).rgb
+    mse = ((rgb[:, 1:].clamp(0, 1) - batch["views"][:, 1:]) ** 2).flatten(2).mean(2)
+    assert scores["recon_psnr"] == pytest.approx((-10 * torch.log10(mse)).mean().item(), abs=1e-4)
+    assert scores["copy_input_psnr"] == pytest.approx(validation_scores(model, batch, steps=1)["copy_input_psnr"])
 
 
 def test_recolour_permutes_channels_the_same_way_in_every_view():

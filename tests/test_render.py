@@ -14,7 +14,13 @@ from ouroboros3d.ccm import CCMNormalization, ccm_to_world, depth_to_ccm
 from ouroboros3d.config import params_from_dict
 from ouroboros3d.data import layout
 from ouroboros3d.data.mesh import normalize_to_unit_box
-from ouroboros3d.data.pipeline import DatasetTooSmallError, draw_view_angles, read_manifest, render_dataset
+from ouroboros3d.data.pipeline import (
+    DatasetTooSmallError,
+    draw_view_angles,
+    merge_shards,
+    read_manifest,
+    render_dataset,
+)
 from ouroboros3d.data.render import render_views
 
 render_script = load_script("render")
@@ -149,7 +155,11 @@ def write_mesh_folder(folder, good=2, broken=True):
 
 
 def folder_params(folder, **data):
-    raw = {
+    return params_from_dict(folder_raw(folder, **data))
+
+
+def folder_raw(folder, **data):
+    return {
         "data": {
             "resolution": 16,
             "workers": 1,
@@ -159,7 +169,6 @@ def folder_params(folder, **data):
             **data,
         },
     }
-    return params_from_dict(raw)
 
 
 def test_bad_meshes_are_skipped_with_their_reason_and_the_stage_goes_on(tmp_path, capsys):
@@ -225,6 +234,36 @@ def test_rendering_is_byte_identical_on_rerun_and_across_worker_counts(tmp_path)
     assert files_a == files_b and len(files_a) == 1 + 3 * (2 * 8 + 2)
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_shards_merge_into_the_unsharded_render(tmp_path, capsys):
+    folder = write_mesh_folder(tmp_path / "meshes", good=3, broken=False)
+    params = folder_params(folder, workers=1)
+    render_dataset(params, tmp_path / "one", splits=("train",), progress=False)
+    shards = tmp_path / "shards"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(folder_raw(folder, workers=1)))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--out", str(shards), "--splits", "train"]
+    render = load_script("render")
+    for i in (1, 0):  # any order, as on separate machines
+        assert render.main([*argv, "--shard", f"{i}/2", "--no-progress"]) == 0
+    assert not (shards / layout.MANIFEST_FILE).exists()  # no manifest until the merge
+    # a killed shard is re-run with --resume: finished objects are kept, not re-rendered
+    stamps = {p: p.stat().st_mtime_ns for p in (shards / "train").rglob("*.npy")}
+    assert render.main([*argv, "--shard", "0/2", "--resume", "--no-progress"]) == 0
+    assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert render.main([*argv, "--merge", "2"]) == 0
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(shards) for p in shards.rglob("*") if p.is_file())  # shard manifests gone
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (shards / rel).read_bytes(), rel
+    # a merge with a shard missing names it and writes nothing
+    render_dataset(params, tmp_path / "half", splits=("train",), progress=False, shard=(0, 3))
+    with pytest.raises(FileNotFoundError, match="shard-1-of-3"):
+        merge_shards(params, tmp_path / "half", 3, ("train",))
+    assert not (tmp_path / "half" / layout.MANIFEST_FILE).exists()
+    with pytest.raises(SystemExit) as stop:  # argparse: usage and one error line, exit 2
+        render.main([*argv, "--shard", "2/2"])
+    assert stop.value.code == 2 and "0 <= I < N" in capsys.readouterr().err
 
 
 def test_resume_reuses_finished_objects_and_reruns_drop_stale_ones(tmp_path):

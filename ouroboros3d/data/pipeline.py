@@ -309,6 +309,10 @@ def read_manifest(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / layout.MANIFEST_FILE
     if not path.is_file():
         return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    return read_manifest_file(path)
+
+
+def read_manifest_file(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, dtype={"object_id": str, "skip_reason": str})
 
 
@@ -348,12 +352,17 @@ def render_dataset(
     resume: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Render ``splits`` into ``out_dir/<split>/<object_id>/`` and write ``out_dir/manifest.csv``.
 
     ``resume`` reuses object folders whose recorded render fingerprint matches. Rows of
     splits not rendered now are kept from an existing manifest. Returns the manifest;
     raises :class:`DatasetTooSmallError` (after writing it) if a split is too small.
+
+    ``shard`` = (i, n) renders only every n-th planned object from the i-th (machines render
+    their shards into one shared folder) and writes that shard's rows to its own manifest;
+    :func:`merge_shards` then writes the manifest, the same as one unsharded render's.
     """
     require_embree()
     out_dir = Path(out_dir)
@@ -363,20 +372,54 @@ def render_dataset(
         jobs += plan_split(params, split, out_dir, resume)
     planned = pd.DataFrame({"object_id": [j.obj.object_id for j in jobs], "split": [j.split for j in jobs]})
     _check_disjoint(planned.assign(status="ok"))  # fail before rendering anything; checked again on the manifest
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
+        jobs = jobs[index::count]
     rows = _run_jobs(jobs, params.data.workers if workers is None else workers, progress)
+    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    if shard is not None:
+        _write_csv(new, out_dir / shard_manifest_name(*shard))
+        print(f"shard {shard[0]}/{shard[1]}: {len(new)} objects; when every shard is done: --merge {shard[1]}")
+        return new
+    return _finish_manifest(params, out_dir, splits, new)
 
+
+def shard_manifest_name(index: int, count: int) -> str:
+    return f"manifest.shard-{index}-of-{count}.csv"
+
+
+def merge_shards(params: Params, out_dir: str | Path, count: int, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
+    """The manifest of ``count`` shards rendered by ``render_dataset(..., shard=(i, count))``."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / shard_manifest_name(i, count) for i in range(count)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: shard manifests missing: {missing} (render them with --shard I/{count})")
+    new = pd.concat([read_manifest_file(p) for p in paths], ignore_index=True)
+    manifest = _finish_manifest(params, out_dir, splits, new)
+    for p in paths:
+        p.unlink()
+    return manifest
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    buffer = io.StringIO()
+    df.to_csv(buffer, index=False, lineterminator="\n")
+    layout.atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _finish_manifest(params: Params, out_dir: Path, splits: tuple[str, ...], new: pd.DataFrame) -> pd.DataFrame:
     kept = read_manifest(out_dir)
     kept = kept[~kept.split.isin(splits)]
-    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     manifest = manifest.sort_values(["split", "object_id"], kind="stable").reset_index(drop=True)
     _check_disjoint(manifest)
     for split in splits:
         ok = new[(new.split == split) & (new.status == "ok")]
         _remove_unlisted_objects(out_dir / split, set(ok.object_id))
-    buffer = io.StringIO()
-    manifest.to_csv(buffer, index=False, lineterminator="\n")
-    layout.atomic_write_bytes(out_dir / layout.MANIFEST_FILE, buffer.getvalue().encode())
+    _write_csv(manifest, out_dir / layout.MANIFEST_FILE)
 
     for split in splits:
         print(_summary(manifest, split))
