@@ -1,20 +1,36 @@
-"""DVC stage `generate_example`: the README's picture of `ouroboros3d generate`.
+"""DVC stage `generate_example`: the README's pictures of `ouroboros3d generate`.
 
 Runs the user-facing generation on one eval render (RGB + alpha as RGBA, as a user would
-pass a cut-out photo) with the main model, and writes its grid to paper/figures/.
+pass a cut-out photo) with the main model, and writes its grid to paper/figures/; then meshes
+the Gaussians as `generate --mesh` does and writes the mesh, rendered from four sides, beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from ouroboros3d import cameras
+from ouroboros3d.data.render import render_views
 from ouroboros3d.errors import guard
 from ouroboros3d.generate import generate, write_outputs
 from ouroboros3d.io import atomic_write_bytes
+from ouroboros3d.meshing import gaussians_to_mesh, write_mesh
+
+
+def mesh_picture(mesh, size: int = 192, azimuths=(0.0, 90.0, 180.0, 270.0), elevation: float = 20.0) -> bytes:
+    """``mesh`` rendered (vertex colours, the dataset's light rig) from ``azimuths``, side by side, as PNG."""
+    c2w = cameras.orbit_c2w(torch.tensor(azimuths), torch.tensor(elevation), 2.2).float()
+    K = cameras.intrinsics(39.6, size).expand(len(azimuths), 3, 3)
+    views = render_views(mesh, K, c2w, size, size)
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(list(views.rgb), axis=1)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @guard
@@ -25,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="models/main")
     parser.add_argument("--elevation", type=float, default=3.0)
     parser.add_argument("--out", default="paper/figures/generate_example.png")
+    parser.add_argument("--mesh-out", default="paper/figures/generate_example_mesh.png")
     parser.add_argument("--work", default="results/generate_example")
     args = parser.parse_args(argv)
     folder = Path(args.renders) / args.object
@@ -36,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     result = generate(np.dstack([rgb, alpha]), args.checkpoint, elevation=args.elevation, seed=0)
     files = write_outputs(result, args.work, mp4=False)
     atomic_write_bytes(args.out, Path(files["grid.png"]).read_bytes())
-    print(f"wrote {args.out} ({sum(result.timings.values()):.1f} s)")
+    mesh = gaussians_to_mesh(result.gaussians)  # `generate --mesh`'s defaults
+    write_mesh(mesh, args.work)
+    atomic_write_bytes(args.mesh_out, mesh_picture(mesh))
+    print(f"wrote {args.out} and {args.mesh_out} ({len(mesh.faces)} faces; {sum(result.timings.values()):.1f} s)")
     return 0
 
 

@@ -99,6 +99,34 @@ def test_evaluate_is_seeded_per_object(evaluated):
         assert alone.loc["folder-ball", col] == pytest.approx(both.loc["folder-ball", col], rel=1e-4)
 
 
+def test_a_window_of_a_model_without_feedback_is_its_full_run(evaluated):
+    """evaluate_window.py reuses the full run of a no-feedback model: the same as evaluating the window."""
+    params = params_from_dict(yaml.safe_load((evaluated / "params.yaml").read_text()) | {"feedback": False})
+    torch.manual_seed(1)
+    folder = evaluated / "models" / "nofb"
+    save_weights(build_model(params), folder / "model.safetensors")
+    (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params)))
+    base = ["--params", str(evaluated / "params.yaml"), "--models", str(evaluated / "models")]
+    base += ["--data", str(evaluated / "data"), "--out", str(evaluated / "eval"), "--variant", "nofb", "--no-progress"]
+    evaluate, window = load_script("evaluate"), load_script("evaluate_window")
+    assert evaluate.main([*base, "--name", "nofb"]) == 0
+    assert evaluate.main([*base, "--feedback-start", "0.4", "--name", "computed"]) == 0
+    same_as = ["--same-as", str(evaluated / "eval" / "nofb")]
+    assert window.main([*base, "--feedback-start", "0.4", "--name", "reused", *same_as]) == 0
+
+    computed, reused = evaluated / "eval" / "computed", evaluated / "eval" / "reused"
+    pd.testing.assert_frame_equal(pd.read_csv(reused / "per_object.csv"), pd.read_csv(computed / "per_object.csv"))
+    assert (reused / "steps.csv").read_bytes() == (computed / "steps.csv").read_bytes()
+    with np.load(reused / "steps.npz") as a, np.load(computed / "steps.npz") as b:
+        assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "metrics.json").read_text()) for d in (reused, computed))
+    assert ra["summary"] == rb["summary"] and ra["protocol"] == rb["protocol"] and ra["sample"] == rb["sample"]
+    assert ra["name"] == "reused" and "reused_from" in ra
+    # a model with feedback is evaluated for real
+    assert window.main([*base[:-3], "--variant", "tiny", "--feedback-start", "0.5", "--name", "fed", *same_as]) == 0
+    assert "reused_from" not in json.loads((evaluated / "eval" / "fed" / "metrics.json").read_text())
+
+
 def test_evaluate_reports_a_missing_model(evaluated, capsys):
     argv = ["--params", str(evaluated / "params.yaml"), "--models", str(evaluated / "nowhere")]
     assert load_script("evaluate").main(argv) == 2

@@ -1,0 +1,81 @@
+"""DVC stage `evaluate_window`: Table 3, the main model with feedback only from a fraction of the steps on.
+
+    python experiments/evaluate_window.py --feedback-start 0.4 [--same-as results/eval/main]
+
+A model with feedback is evaluated by experiments/evaluate.py with ``--feedback-start``. A model
+without feedback (after ``dvc exp run -S feedback=false``) has nothing to switch: every window is
+the same computation as its full run (no step feeds back, see ``model.sample``). Its windows are
+then the run in ``--same-as`` (the `evaluate` stage's, which this stage depends on), checked to
+be of the same model, objects and sampling settings, written under the window's name without
+the mesh columns that window runs do not compute. tests/test_evaluate.py checks that this equals
+a full window evaluation of a no-feedback model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ouroboros3d.errors import UserError, guard
+from ouroboros3d.generate import read_checkpoint_params
+from ouroboros3d.io import atomic_write_bytes, atomic_write_text
+
+MESH_COLUMNS = ("mesh_", "volume_iou")  # prefixes of the columns only Table 2's runs have
+
+
+@guard
+def main(argv: list[str] | None = None) -> int:
+    own = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    own.add_argument("--same-as", default=None, help="the full run of the same weights, reused without feedback")
+    args, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    # the options of experiments/evaluate.py this stage needs to know (the rest pass through)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--variant", default="main")
+    common.add_argument("--models", default="models")
+    common.add_argument("--out", default="results/eval")
+    common.add_argument("--name", default=None)
+    common.add_argument("--feedback-start", type=float, required=True)
+    run, _ = common.parse_known_args(rest)
+    _, model_params = read_checkpoint_params(Path(run.models) / run.variant)
+    if model_params.feedback or args.same_as is None:
+        evaluate = Path(__file__).with_name("evaluate.py")
+        return subprocess.run([sys.executable, str(evaluate), *rest], check=False).returncode
+    name = run.name or f"{run.variant}-fs{float(run.feedback_start)}"
+    reuse(Path(args.same_as), Path(run.out) / name, name, run.variant, run.feedback_start)
+    print(f"{name}: the model has no feedback, so this window is the run in {args.same_as} (reused)")
+    return 0
+
+
+def reuse(source: Path, out_dir: Path, name: str, variant: str, feedback_start: float) -> None:
+    """Write ``source``'s run as the window run ``name`` (see the module docstring)."""
+    report_path = source / "metrics.json"
+    if not report_path.is_file():
+        raise UserError(f"{report_path} not found: run the `evaluate` stage first")
+    report = json.loads(report_path.read_text())
+    if report["variant"] != variant or report["model"]["feedback"]:
+        raise UserError(f"{source} is not a run of the no-feedback model {variant!r}: cannot reuse it")
+    per_object = pd.read_csv(source / "per_object.csv")
+    mesh = [c for c in per_object.columns if c.startswith(MESH_COLUMNS)]
+    buffer = io.StringIO()
+    per_object.drop(columns=mesh).to_csv(buffer, index=False, lineterminator="\n")
+    report |= {
+        "name": name,
+        "sample": report["sample"] | {"feedback_start": feedback_start},
+        "summary": {k: v for k, v in report["summary"].items() if k not in mesh},
+        "reused_from": str(source),
+    }
+    report["protocol"]["mesh"] = "not computed (Table 3 windows compare depth points)"
+    atomic_write_bytes(out_dir / "per_object.csv", buffer.getvalue().encode())
+    for file in ("steps.csv", "steps.npz"):
+        atomic_write_bytes(out_dir / file, (source / file).read_bytes())
+    atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
