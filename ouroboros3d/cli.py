@@ -190,7 +190,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _generate_one(args: argparse.Namespace, checkpoint, load_seconds: float, image: Path, out_dir: Path, progress):
-    """Generate one image's outputs into ``out_dir`` (the mesh first: generation.json stays the last file)."""
+    """Generate one image's outputs (and mesh, with --mesh) into ``out_dir``."""
     from .generate import generate, write_outputs
 
     result = generate(
@@ -202,24 +202,11 @@ def _generate_one(args: argparse.Namespace, checkpoint, load_seconds: float, ima
         feedback=not args.no_feedback,
         strip_steps=args.strip_steps,
         progress=progress,
+        mesh=args.mesh,
+        mesh_resolution=args.mesh_resolution,
     )
     result.timings["load_checkpoint"] = load_seconds  # the model was loaded before, once for all images
-    files = {}
-    if args.mesh:
-        from .meshing import gaussians_to_mesh, write_mesh
-
-        t0 = time.perf_counter()
-        camera = result.params.camera
-        mesh = gaussians_to_mesh(
-            result.gaussians.to(checkpoint.device),
-            resolution=args.mesh_resolution,
-            radius=camera.radius,
-            fov_deg=camera.fov_deg,
-        )
-        files |= write_mesh(mesh, out_dir)
-        result.timings["mesh"] = time.perf_counter() - t0
-    files |= write_outputs(result, out_dir, turntable=args.turntable_frames)
-    return result, files
+    return result, write_outputs(result, out_dir, turntable=args.turntable_frames)
 
 
 def _failure_line(image: Path, e: Exception) -> str:

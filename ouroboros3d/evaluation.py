@@ -198,6 +198,9 @@ def dvc_metrics(summary: dict, fid, thresholds) -> dict:
     geo = ["cd"] + [metrics.fscore_key(t) for t in thresholds]
     out["geometry"] = {k: summary[k]["mean"] for k in geo if k in summary}
     out["oracle"] = {k: summary[f"oracle_{k}"]["mean"] for k in geo if f"oracle_{k}" in summary}
+    mesh = {k: summary[k]["mean"] for k in [f"mesh_{g}" for g in geo] + ["volume_iou"] if k in summary}
+    if mesh:  # Table 2's runs only: Table 3's windows compute no mesh
+        out["mesh"] = mesh
     if isinstance(fid, dict) and "status" not in fid:  # numbers only: an unavailable FID stays in metrics.json
         out["fid"] = fid
     return json_safe(out)

@@ -9,6 +9,9 @@ The Python API (usable from notebooks)::
     result.gaussians    # ouroboros3d.gaussians.Gaussians with B = 1
     write_outputs(result, "outputs/mug")
 
+    result = generate("mug.png", mesh=True)   # also meshes the Gaussians (ouroboros3d.meshing)
+    result.mesh         # trimesh.Trimesh with vertex colours; write_outputs adds mesh.glb, mesh.obj
+
 ``ouroboros3d generate IMAGE`` (:mod:`ouroboros3d.cli`) is a thin wrapper around these two.
 
 Input images are prepared the way the training renders look (:func:`prepare_image`): an
@@ -67,7 +70,10 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT = "models/main"
-MIN_IMAGE_SIDE = 16  # smaller pictures are accepted with a warning
+# Below these sizes an input is accepted with a warning: the object's box (its longer side) or the
+# whole picture has too few pixels to show any detail, however large it is scaled at the model.
+MIN_OBJECT_SIDE = 8
+MIN_IMAGE_SIDE = 16
 WEIGHTS_FILE = "model.safetensors"
 PARAMS_FILE = "params.json"
 # An RGB pixel whose darkest channel is this far below white is object; the ramp between the
@@ -234,6 +240,17 @@ def _mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def _warn_if_tiny(source: str, size: tuple[int, int], bbox: tuple[int, int, int, int]) -> None:
+    """Warn when the object's box or the picture is too small to carry detail (see MIN_OBJECT_SIDE)."""
+    w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    if max(w, h) < MIN_OBJECT_SIDE or min(size) < MIN_IMAGE_SIDE:
+        warnings.warn(
+            f"the object in {source} covers only {w}x{h} pixels of the {size[0]}x{size[1]} image: "
+            "it carries almost no detail",
+            stacklevel=3,  # the caller of prepare_image
+        )
+
+
 def prepare_image(image: str | Path | Image.Image | np.ndarray, resolution: int, fill: float) -> PreparedImage:
     """The model's input view from a picture of any size (see the module docstring).
 
@@ -258,11 +275,7 @@ def prepare_image(image: str | Path | Image.Image | np.ndarray, resolution: int,
     bbox = _mask_bbox(alpha > 0.5)
     if bbox is None:
         raise GenerationError(f"no object found in {source}: {empty}")
-    if min(img.size) < MIN_IMAGE_SIDE:
-        warnings.warn(
-            f"{source} is only {img.size[0]}x{img.size[1]} pixels: the object carries almost no detail",
-            stacklevel=2,
-        )
+    _warn_if_tiny(source, img.size, bbox)
     composite = rgb * alpha[..., None] + (1.0 - alpha[..., None])  # on white, like the training renders
     left, top, right, bottom = bbox
     crop = composite[top:bottom, left:right]
@@ -320,6 +333,7 @@ class GenerationResult:
     settings: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notes: list[str] = field(default_factory=list)
+    mesh: Any = None  # trimesh.Trimesh with vertex colours when generate(mesh=True), else None
 
 
 def _strip_indices(steps: int, count: int) -> list[int]:
@@ -345,6 +359,8 @@ def generate(
     device: str = "cpu",
     strip_steps: int = 5,
     progress: bool | Callable[[dict], None] = False,
+    mesh: bool = False,
+    mesh_resolution: int = 96,
 ) -> GenerationResult:
     """Generate the V views and the 3D Gaussians of the object in ``image`` (Algorithm 2).
 
@@ -361,6 +377,11 @@ def generate(
         strip_steps: how many evenly spaced steps to keep in ``result.steps``.
         progress: True shows a tqdm bar over the steps; a callable gets ``sample``'s
             per-step info dicts instead.
+        mesh: also mesh the final Gaussians into ``result.mesh``
+            (:func:`ouroboros3d.meshing.gaussians_to_mesh`, seen by cameras at the
+            checkpoint's radius and field of view); raises :class:`ouroboros3d.meshing.MeshError`
+            when they render no surface.
+        mesh_resolution: voxels per side of the mesh's fusion grid.
     """
     timings: dict[str, float] = {}
     # the image is checked before the (slower) model build, so a bad input fails at once
@@ -375,6 +396,8 @@ def generate(
     elevation = default_elevation(params) if elevation is None else float(elevation)
     if not -89.0 < elevation < 89.0:
         raise GenerationError(f"elevation must lie in (-89, 89) degrees, got {elevation}")
+    if mesh and mesh_resolution < 4:
+        raise GenerationError(f"mesh_resolution must be >= 4, got {mesh_resolution}")
 
     t0 = time.perf_counter()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
@@ -425,6 +448,11 @@ def generate(
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     timings["sample"] = time.perf_counter() - t0
+    surface = None
+    if mesh:
+        t0 = time.perf_counter()
+        surface = _mesh(out.gaussians, params, mesh_resolution)
+        timings["mesh"] = time.perf_counter() - t0
 
     settings = {
         "image": prepared.source,
@@ -466,7 +494,16 @@ def generate(
         settings=settings,
         timings=timings,
         notes=notes,
+        mesh=surface,
     )
+
+
+def _mesh(gaussians: Gaussians, params: Params, resolution: int):
+    """The Gaussians' surface, meshed on the device they were sampled on, by cameras at the training radius and fov."""
+    from .meshing import gaussians_to_mesh
+
+    camera = params.camera
+    return gaussians_to_mesh(gaussians, resolution=resolution, radius=camera.radius, fov_deg=camera.fov_deg)
 
 
 # --- outputs ---------------------------------------------------------------------------
@@ -607,9 +644,10 @@ def write_outputs(
     ``view_00.png`` ... (the generated views), ``input.png`` (the prepared input view),
     ``grid.png`` (input and views; below, the Gaussians rendered at the views), ``gaussians.ply``
     (3DGS), ``turntable.gif`` (and ``turntable.mp4`` when ffmpeg is on PATH), ``steps.png``
-    (the denoising-step strip) and ``generation.json`` (settings, seed, checkpoint, device,
-    timings in seconds per stage, notes). Each file is written atomically. The stages' timings
-    and any notes (e.g. "no ffmpeg") are also added to ``result.timings`` and ``result.notes``.
+    (the denoising-step strip), ``mesh.glb`` and ``mesh.obj`` when ``result.mesh`` is set, and
+    ``generation.json`` (settings, seed, checkpoint, device, timings in seconds per stage, notes;
+    written last, so a folder with it is finished). Each file is written atomically. The stages'
+    timings and any notes (e.g. "no ffmpeg") are also added to ``result.timings`` and ``result.notes``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -646,6 +684,13 @@ def write_outputs(
     t0 = time.perf_counter()
     put("steps.png", _png_bytes(step_strip_image(result)))
     timings["step_strip"] = time.perf_counter() - t0
+
+    if result.mesh is not None:
+        from .meshing import write_mesh
+
+        t0 = time.perf_counter()
+        files |= write_mesh(result.mesh, out_dir)
+        timings["write_mesh"] = time.perf_counter() - t0
 
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     record = {

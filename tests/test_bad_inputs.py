@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,10 @@ from PIL import Image
 
 from ouroboros3d import cli
 from ouroboros3d.build import build_model
+from ouroboros3d.errors import UserError
 from ouroboros3d.io import save_weights
 
-SCRIPTS = ("render", "ccm", "train", "evaluate", "figures", "tables", "report", "generate_example")
+SCRIPTS = ("render", "ccm", "train", "evaluate", "evaluate_window", "figures", "tables", "report", "generate_example")
 
 
 def _checkpoint(folder: Path, params, weights_params=None) -> None:
@@ -67,6 +70,7 @@ def workspace(tmp_path_factory) -> Path:
 
     params = tiny_params()
     _checkpoint(ws / "ckpt", params)
+    _checkpoint(ws / "ckpt_nofb", tiny_params(feedback=False))  # evaluate_window reuses its full run
     other = tiny_params(model={"reconstructor": {"down_channels": [8, 8, 16], "up_channels": [16, 16]}})
     _checkpoint(ws / "ckpt_mismatch", params, weights_params=other)  # params.json of one model, weights of another
     for name, text in (("ckpt_bad_json", "{not json"), ("ckpt_bad_params", json.dumps({"data": "big"}))):
@@ -139,6 +143,18 @@ CASES = [
     case("evaluate", EVAL + " --data {empty}", "no rendered objects"),  # the model loads, the data is missing
     case("evaluate", EVAL + " --feedback-start 2", "--feedback-start must lie in [0, 1]"),
     case("evaluate", EVAL.replace("params.yaml", "unknown_key.yaml"), "zoom"),
+    # evaluate_window stage: a model with feedback is passed on to evaluate.py (a child process)
+    case(
+        "evaluate_window",
+        "--models {ws}/nowhere --variant ckpt --feedback-start 0.4 --out {out}",
+        "checkpoint not found",
+    ),
+    case("evaluate_window", EVAL.replace("params.yaml", "unknown_key.yaml") + " --feedback-start 0.4", "zoom"),
+    case(
+        "evaluate_window",
+        "--models {ws} --variant ckpt_nofb --feedback-start 0.4 --same-as {ws}/no_eval --out {out}",
+        "run the `evaluate` stage first",
+    ),
     # figures, tables, report
     case("figures", "--eval {eval} --train {empty} --out {out}", "lacks"),
     case("figures", "--eval {ws}/no_eval --train {empty} --out {out}", "lacks"),
@@ -169,7 +185,7 @@ def _files(folder: Path) -> set[Path]:
 
 @pytest.mark.parametrize(("command", "argv", "expect"), CASES)
 def test_bad_input_stops_with_one_error_line_and_writes_nothing(
-    command, argv, expect, workspace, scripts, tmp_path, capsys, monkeypatch
+    command, argv, expect, workspace, scripts, tmp_path, capfd, monkeypatch
 ):
     monkeypatch.chdir(workspace)  # a stage's default relative outputs would land here too
     out = tmp_path / "out"  # each case's own: one that writes cannot spoil the others
@@ -178,9 +194,9 @@ def test_bad_input_stops_with_one_error_line_and_writes_nothing(
     args = argv.format(ws=workspace, out=out, template=template, **names).split()
     main = cli.main if command == "cli" else scripts[command].main
     before = _files(workspace)
-    capsys.readouterr()
+    capfd.readouterr()
     code = main(args)
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # at the file descriptor: a child process's stderr too
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -193,3 +209,29 @@ def test_bad_input_stops_with_one_error_line_and_writes_nothing(
 def test_the_table_covers_every_stage_and_many_inputs():
     commands = [c.values[0] for c in CASES]
     assert len(commands) >= 25 and {"cli", *SCRIPTS} <= set(commands)
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [("cli", GEN % "notes"), ("render", "--params {ws}/big_resolution.yaml --out {out}")],
+    ids=["cli", "render"],
+)
+def test_debug_re_raises_what_is_otherwise_one_error_line(command, argv, workspace, scripts, tmp_path, capfd):
+    names = {p.name: p for p in workspace.iterdir() if p.is_dir()} | {p.stem: p for p in workspace.glob("*.png")}
+    args = argv.format(ws=workspace, out=tmp_path / "out", **names).split()
+    main = cli.main if command == "cli" else scripts[command].main
+    capfd.readouterr()
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    with pytest.raises(UserError) as raised:  # the guard lets the error through, traceback and all
+        main([*args, "--debug"])
+    assert f"error: {' '.join(str(raised.value).split())}" == err.strip()  # the same error
+
+
+def test_debug_prints_the_traceback_in_a_fresh_process(workspace):
+    argv = ["generate", str(workspace / "notes.png"), "--checkpoint", str(workspace / "ckpt"), "--debug"]
+    proc = subprocess.run([sys.executable, "-m", "ouroboros3d.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1  # an uncaught exception, as Python ends on one
+    assert proc.stderr.startswith("Traceback (most recent call last):")
+    assert "GenerationError: " in proc.stderr and "not a readable image" in proc.stderr

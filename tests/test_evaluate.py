@@ -19,6 +19,7 @@ from conftest import load_script, tiny_raw
 from ouroboros3d.build import build_model
 from ouroboros3d.config import ParamsError, params_from_dict
 from ouroboros3d.data.pipeline import render_dataset
+from ouroboros3d.evaluation import dvc_metrics
 from ouroboros3d.io import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,9 @@ def test_evaluate_writes_parseable_results(evaluated):
 
     dvc = json.loads((evaluated / "metrics.json").read_text())
     assert dvc["3d"]["psnr"] == pytest.approx(stats["mean"]) and "fid" not in dvc
+    # the mesh geometry beside the depth-point one (a NaN mean, from an empty mesh, is null)
+    assert {"mesh_cd", "mesh_fscore@0.05", "volume_iou"} <= set(dvc["mesh"])
+    assert dvc["mesh"]["volume_iou"] == pytest.approx(report["summary"]["volume_iou"]["mean"])
 
     steps = pd.read_csv(run / "steps.csv")
     assert list(steps.step) == [0, 1] and set(steps.object_id) == {"folder-ball"}  # 1 recorded object, 2 steps
@@ -122,6 +126,7 @@ def test_a_window_of_a_model_without_feedback_is_its_full_run(evaluated):
     ra, rb = (json.loads((d / "metrics.json").read_text()) for d in (reused, computed))
     assert ra["summary"] == rb["summary"] and ra["protocol"] == rb["protocol"] and ra["sample"] == rb["sample"]
     assert ra["name"] == "reused" and "reused_from" in ra
+    assert "mesh" not in dvc_metrics(rb["summary"], rb["fid"], [0.05])  # windows compute no mesh
     # a model with feedback is evaluated for real
     assert window.main([*base[:-3], "--variant", "tiny", "--feedback-start", "0.5", "--name", "fed", *same_as]) == 0
     assert "reused_from" not in json.loads((evaluated / "eval" / "fed" / "metrics.json").read_text())

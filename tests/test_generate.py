@@ -240,6 +240,22 @@ def test_write_outputs_uses_ffmpeg_when_on_path(result, tmp_path, monkeypatch):
     assert Image.open(files["turntable.gif"]).n_frames == 3
 
 
+def test_generate_returns_the_mesh_and_write_outputs_writes_it(loaded, images, result, tmp_path):
+    import trimesh
+
+    assert result.mesh is None  # no mesh unless asked for
+    meshed = generate(images["mug"], loaded, steps=1, seed=3, mesh=True, mesh_resolution=32)
+    assert isinstance(meshed.mesh, trimesh.Trimesh) and len(meshed.mesh.faces) > 0
+    assert meshed.mesh.visual.vertex_colors.shape == (len(meshed.mesh.vertices), 4)
+    assert "mesh" in meshed.timings
+    files = write_outputs(meshed, tmp_path / "out", turntable=0)
+    assert len(trimesh.load(files["mesh.glb"], force="mesh").faces) == len(meshed.mesh.faces)
+    record = json.loads((tmp_path / "out" / "generation.json").read_text())
+    assert {"mesh.glb", "mesh.obj"} <= set(record["files"])
+    with pytest.raises(GenerationError, match="mesh_resolution"):
+        generate(images["mug"], loaded, steps=1, mesh=True, mesh_resolution=2)
+
+
 def test_target_fill_matches_the_camera():
     params = params_from_dict({})
     assert target_fill(params) == pytest.approx(1 / (2 * 2.2 * math.tan(math.radians(19.8))))
@@ -290,22 +306,31 @@ def test_params_json_round_trips(preset):
     assert restored == dataclasses.replace(params, variants={}, train_variants=())
 
 
-def test_16_bit_greyscale_is_scaled_not_clipped_and_tiny_images_warn(tmp_path):
-    import warnings
-
-    import numpy as np
-    from PIL import Image
-
-    from ouroboros3d.generate import prepare_image
-
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     arr = np.full((64, 64), 65535, dtype=np.uint16)
     arr[16:48, 16:48] = 32768  # a mid-grey object on white, 16 bits
     Image.fromarray(arr).save(tmp_path / "grey16.png")
     prepared = prepare_image(tmp_path / "grey16.png", 32, 0.63)
     centre = prepared.tensor[:, 16, 16]
     assert torch.allclose(centre, torch.full((3,), 128 / 255), atol=2 / 255)
-    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tmp_path / "dot.png")
+
+
+@pytest.mark.parametrize(
+    ("image_size", "object_size", "warns"),
+    [((400, 300), (3, 3), True), ((1, 1), (1, 1), True), ((12, 12), (10, 10), True), ((400, 300), (60, 40), False)],
+    ids=["3-px object in a large image", "1x1 image", "tiny image", "normal object"],
+)
+def test_small_objects_and_tiny_images_warn(image_size, object_size, warns):
+    import warnings
+
+    (width, height), (w, h) = image_size, object_size
+    rgb = np.full((height, width, 3), 255, np.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    rgb[top : top + h, left : left + w] = (20, 120, 200)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepare_image(tmp_path / "dot.png", 32, 0.63)
-    assert any("1x1 pixels" in str(w.message) for w in caught)
+        prepare_image(rgb, 32, 0.63)
+    messages = [str(m.message) for m in caught if "almost no detail" in str(m.message)]
+    assert len(messages) == int(warns), messages
+    if warns:
+        assert f"covers only {w}x{h} pixels of the {width}x{height} image" in messages[0]
