@@ -85,6 +85,7 @@ def build_reconstructor(params: Params):
         down_attention=r.down_attention,
         up_attention=r.up_attention,
         mid_attention=r.mid_attention,
+        color_skip=r.color_skip,
         # always: a G pretrained on clean views (sigma = None) then loads into a jointly trained one
         timestep_conditioning=True,
     )

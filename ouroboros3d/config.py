@@ -179,6 +179,8 @@ class ReconstructorParams:
     down_attention: tuple[bool, ...] | None = None
     up_attention: tuple[bool, ...] | None = None
     mid_attention: bool = True
+    # every Gaussian starts at its input pixel's colour (our small-scale lever; LGM: false)
+    color_skip: bool = False
 
     def validate(self, key: str) -> None:
         levels = len(self.down_channels)

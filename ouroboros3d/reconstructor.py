@@ -46,7 +46,12 @@ Output activations (the 15 raw channels of a splat pixel, in order):
   (normalising a near-zero raw vector gives random rotations with huge gradients), and it
   makes an exactly zero raw vector still map to a unit quaternion.
 * colour (3): sigmoid (LGM: ``0.5 tanh + 0.5``, which is ``sigmoid(2x)``; its authors note
-  they would use sigmoid if training again).
+  they would use sigmoid if training again). With ``color_skip`` the raw channels are added to
+  the logit of the input pixels' colour (area-pooled to the splat pixel), so that an untrained
+  G already gives every Gaussian the colour of the pixel it sits on, as the ray form gives it
+  that pixel's ray: G learns a colour *change* instead of colour from nothing. This is our
+  small-scale lever (LGM has no such skip; trained from scratch, LGM renders grey/white for
+  a long time), off in the paper preset.
 
 Where we differ from LGM on rotation, and LGM's bug: LGM's released code sets
 ``rot_act = F.normalize`` and applies it to the (B, N, 4) tensor of raw rotations.
@@ -78,6 +83,7 @@ __all__ = ["CLEAN_SIGMA", "RAW_CHANNELS", "Reconstructor", "activate_gaussians",
 CLEAN_SIGMA = 0.002  # sigma used for clean input views (sigma=None): EDM's sigma_min
 PositionMode = Literal["ray", "box"]
 RAW_CHANNELS = 15  # 1 ray depth + 3 offset + 1 opacity + 3 scale + 4 rotation + 3 colour
+COLOR_EPS = 0.01  # the colour skip's prior is clamped to [eps, 1 - eps] before its logit
 SKIP_SCALE = 1.0 / math.sqrt(2.0)  # keeps the residual stream's variance from growing with depth
 
 
@@ -205,11 +211,13 @@ def activate_gaussians(
     offset_bound: float,
     scale_range: tuple[float, float],
     position: PositionMode = "ray",
+    color_prior: torch.Tensor | None = None,
 ) -> Gaussians:
     """Raw splat channels (B, N, 15) and pixel rays (B, N, 3) to Gaussians (module docstring).
 
     ``position="box"`` is the LGM-like alternative kept for ablations: ``xyz = offset_bound *
     tanh(r1:4)`` anywhere in a box of half-size ``offset_bound`` (channel r0 unused).
+    ``color_prior`` (B, N, 3) in [0, 1]: the colour a zero raw colour maps to (``color_skip``).
     """
     depth, offset, opacity, scale, rotation, color = raw.split([1, 3, 1, 3, 4, 3], dim=-1)
     if position == "ray":
@@ -224,7 +232,7 @@ def activate_gaussians(
         quats=F.normalize(rotation + rotation.new_tensor([1.0, 0.0, 0.0, 0.0]), dim=-1, eps=1e-8),
         scales=scale_min + (scale_max - scale_min) * torch.sigmoid(scale),
         opacities=torch.sigmoid(opacity[..., 0]),
-        colors=torch.sigmoid(color),
+        colors=torch.sigmoid(color if color_prior is None else color + torch.logit(color_prior, eps=COLOR_EPS)),
     )
 
 
@@ -244,6 +252,7 @@ class Reconstructor(nn.Module):
         ray_depth_bound, offset_bound, scale_range: output activation ranges (module docstring).
         position: "ray" (pixel-aligned, the default) or "box" (LGM-like free xyz within
             ``offset_bound``, e.g. 0.6, for ablations).
+        color_skip: start every Gaussian at its pixel's colour (module docstring).
         output_init_scale: the last conv's initial weights are multiplied by this, so that the
             first outputs sit near the activations' centres (small but non-zero, so that
             gradients reach every layer from the first step).
@@ -267,6 +276,7 @@ class Reconstructor(nn.Module):
         scale_range: tuple[float, float] = (0.002, 0.05),
         output_init_scale: float = 0.1,
         position: PositionMode = "ray",
+        color_skip: bool = False,
     ):
         super().__init__()
         down_channels, up_channels = tuple(down_channels), tuple(up_channels)
@@ -309,7 +319,9 @@ class Reconstructor(nn.Module):
             scale_range=self.scale_range,
             output_init_scale=output_init_scale,
             position=position,
+            color_skip=color_skip,
         )
+        self.color_skip = color_skip
 
         self.time_features = down_channels[0]
         emb_dim = 4 * down_channels[0] if timestep_conditioning else None
@@ -400,6 +412,12 @@ class Reconstructor(nn.Module):
         s = self.splat_size
         raw = raw.reshape(b, v, RAW_CHANNELS, s, s).permute(0, 1, 3, 4, 2).reshape(b, v * s * s, RAW_CHANNELS)
         ray_p0, ray_dir = splat_rays(plucker.to(raw), s)
+        color_prior = None
+        if self.color_skip:
+            pooled = images.flatten(0, 1).to(raw)
+            if pooled.shape[-1] != s:
+                pooled = F.interpolate(pooled, size=(s, s), mode="area")
+            color_prior = pooled.reshape(b, v, 3, s, s).permute(0, 1, 3, 4, 2).reshape(b, v * s * s, 3)
         return activate_gaussians(
             raw,
             ray_p0.reshape(b, v * s * s, 3),
@@ -408,4 +426,5 @@ class Reconstructor(nn.Module):
             self.offset_bound,
             self.scale_range,
             self.position,
+            color_prior,
         )

@@ -72,6 +72,25 @@ def test_gaussians_start_pixel_aligned_in_their_own_view():
     assert ((depth > RADIUS - 0.9 - 1e-4) & (depth < RADIUS + 0.9 + 1e-4)).all()
 
 
+def test_color_skip_starts_every_gaussian_at_its_pixels_colour():
+    torch.manual_seed(0)
+    images, plucker, _, _ = views(batch=2, size=16)
+    for skip in (True, False):
+        model = tiny(color_skip=skip)
+        with torch.no_grad():
+            model.conv_out.weight.zero_()  # raw channels exactly 0: the prior alone
+        colors = model(images, plucker, 1.0).colors
+        if skip:  # 16² input, 8² splats: each Gaussian gets the mean of its 2x2 pixel block
+            pooled = F.avg_pool2d(images.flatten(0, 1), 2).reshape(2, 4, 3, 8, 8).permute(0, 1, 3, 4, 2)
+            torch.testing.assert_close(colors, pooled.reshape(2, -1, 3).clamp(0.01, 0.99))
+        else:
+            torch.testing.assert_close(colors, torch.full_like(colors, 0.5))
+    # the colour stays learnable through the skip
+    model = tiny(color_skip=True)
+    model(images, plucker, 1.0).colors.sum().backward()
+    assert model.conv_out.weight.grad.abs().sum() > 0
+
+
 def test_splat_rays_point_nearest_origin():
     _, plucker, _, _ = views(batch=1, size=16)
     p0, direction = splat_rays(plucker, 8)
