@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ouroboros3d import cameras
 from ouroboros3d.data.render import render_views
 from ouroboros3d.errors import guard
 from ouroboros3d.generate import generate, write_outputs
 from ouroboros3d.io import atomic_write_bytes
-from ouroboros3d.meshing import gaussians_to_mesh, write_mesh
+from ouroboros3d.meshing import MeshError, gaussians_to_mesh, write_mesh
 
 
 def mesh_picture(mesh, size: int = 192, azimuths=(0.0, 90.0, 180.0, 270.0), elevation: float = 20.0) -> bytes:
@@ -30,6 +30,15 @@ def mesh_picture(mesh, size: int = 192, azimuths=(0.0, 90.0, 180.0, 270.0), elev
     views = render_views(mesh, K, c2w, size, size)
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate(list(views.rgb), axis=1)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def note_picture(text: str, size: tuple[int, int] = (768, 192)) -> bytes:
+    """A PNG that says ``text``: the mesh figure of a model whose Gaussians give no surface."""
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).multiline_text((12, size[1] // 2 - 12), text, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -53,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     result = generate(np.dstack([rgb, alpha]), args.checkpoint, elevation=args.elevation, seed=0)
     files = write_outputs(result, args.work, mp4=False)
     atomic_write_bytes(args.out, Path(files["grid.png"]).read_bytes())
-    mesh = gaussians_to_mesh(result.gaussians)  # `generate --mesh`'s defaults
+    try:
+        mesh = gaussians_to_mesh(result.gaussians)  # `generate --mesh`'s defaults
+    except MeshError as error:  # an (almost) untrained model, e.g. the tests' tiny config
+        atomic_write_bytes(args.mesh_out, note_picture(f"no mesh for this model:\n{error}"))
+        print(f"wrote {args.out}; no mesh: {error}")
+        return 0
     write_mesh(mesh, args.work)
     atomic_write_bytes(args.mesh_out, mesh_picture(mesh))
     print(f"wrote {args.out} and {args.mesh_out} ({len(mesh.faces)} faces; {sum(result.timings.values()):.1f} s)")

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import ROOT, tiny_raw
 from PIL import Image
+from safetensors import safe_open
 
 BIN = Path(sys.executable).parent
 
@@ -129,6 +130,10 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     )  # fmt: skip
     assert exp.returncode == 0, exp.stdout[-4000:] + exp.stderr[-4000:]
     assert "Running stage 'train'" in exp.stdout and "Running stage 'pretrain_" not in exp.stdout
+    # the experiment's model (checked out into the workspace) has no feedback networks at all
+    with safe_open(str(repo / "models" / "main" / "model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+    assert names and not [n for n in names if "feedback" in n], [n for n in names if "feedback" in n][:5]
     shown = subprocess.run(
         [str(BIN / "dvc"), "exp", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True, check=True
     )
