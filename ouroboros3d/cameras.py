@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from .config import Params
+
 __all__ = [
     "WORLD_UP",
+    "RenderSettings",
     "camera_rays",
     "default_view_layout",
     "intrinsics",
     "look_at",
+    "object_cameras",
     "orbit_c2w",
     "pixel_centers",
     "plucker_rays",
@@ -134,3 +141,34 @@ def default_view_layout(
     if any(f < 0 or f >= orbit_frames for f in frames):
         raise ValueError(f"view frames {frames} must lie in [0, {orbit_frames})")
     return azimuth_offset_deg + torch.tensor(frames, dtype=torch.float32) * (360.0 / orbit_frames)
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """The camera rig of an object's views: everything besides the object that determines its renders.
+
+    It lives here, not with the renderer, so that inference (``ouroboros3d.generate``) builds
+    the dataset's cameras without importing the renderer, trimesh or pandas.
+    """
+
+    resolution: int
+    radius: float
+    fov_deg: float
+    orbit_frames: int
+    view_frames: tuple[int, ...]
+
+    @classmethod
+    def from_params(cls, params: Params) -> RenderSettings:
+        """The rig of ``params`` (its ``camera`` section and ``data.resolution``)."""
+        cam = params.camera
+        return cls(params.data.resolution, cam.radius, cam.fov_deg, cam.orbit_frames, tuple(cam.view_frames))
+
+
+def object_cameras(
+    settings: RenderSettings, elevation_deg: float, azimuth_offset_deg: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Intrinsics (V,3,3), camera-to-world (V,4,4) and azimuths (V,) of one object's views."""
+    azimuths = default_view_layout(settings.orbit_frames, settings.view_frames, azimuth_offset_deg)
+    c2w = orbit_c2w(azimuths, elevation_deg, settings.radius)
+    K = intrinsics(settings.fov_deg, settings.resolution).expand(len(azimuths), 3, 3).contiguous()
+    return K, c2w, azimuths

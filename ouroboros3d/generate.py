@@ -308,7 +308,7 @@ def view_cameras(params: Params, elevation_deg: float) -> tuple[torch.Tensor, to
 
     The same cameras the dataset renders with (no azimuth offset): view 0 looks along -X.
     """
-    from .data.pipeline import RenderSettings, object_cameras
+    from .cameras import RenderSettings, object_cameras
 
     K, c2w, azimuths = object_cameras(RenderSettings.from_params(params), elevation_deg, 0.0)
     return azimuths, K, c2w

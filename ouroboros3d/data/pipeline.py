@@ -35,9 +35,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..errors import UserError
-from ..cameras import default_view_layout, intrinsics, orbit_c2w
+from ..cameras import RenderSettings, object_cameras
 from ..config import Params
+from ..errors import UserError
 from . import layout
 from .mesh import EmptyMeshError, normalize_to_unit_box
 from .render import RenderedViews, render_views, require_embree
@@ -79,22 +79,6 @@ class DatasetTooSmallError(UserError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class RenderSettings:
-    """Everything besides the object that determines its renders."""
-
-    resolution: int
-    radius: float
-    fov_deg: float
-    orbit_frames: int
-    view_frames: tuple[int, ...]
-
-    @classmethod
-    def from_params(cls, params: Params) -> RenderSettings:
-        cam = params.camera
-        return cls(params.data.resolution, cam.radius, cam.fov_deg, cam.orbit_frames, tuple(cam.view_frames))
-
-
-@dataclass(frozen=True)
 class ObjectJob:
     obj: MeshObject
     split: str
@@ -116,16 +100,6 @@ def draw_view_angles(seed: int, object_id: str, elevation_range: tuple[float, fl
     elevation = low + (high - low) * rng.random()
     azimuth_offset = 360.0 * rng.random()
     return round(float(elevation), 4), round(float(azimuth_offset), 4)
-
-
-def object_cameras(
-    settings: RenderSettings, elevation_deg: float, azimuth_offset_deg: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Intrinsics (V,3,3), camera-to-world (V,4,4) and azimuths (V,) of one object's views."""
-    azimuths = default_view_layout(settings.orbit_frames, settings.view_frames, azimuth_offset_deg)
-    c2w = orbit_c2w(azimuths, elevation_deg, settings.radius)
-    K = intrinsics(settings.fov_deg, settings.resolution).expand(len(azimuths), 3, 3).contiguous()
-    return K, c2w, azimuths
 
 
 def select_objects(objects: list[MeshObject], max_objects: int, seed: int, split: str) -> list[MeshObject]:
