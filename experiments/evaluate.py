@@ -37,12 +37,12 @@ import torch
 from tqdm import tqdm
 
 from ouroboros3d import metrics
+from ouroboros3d.checkpoint import load_checkpoint
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.data import layout
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import GenerationError, guard
 from ouroboros3d.evaluation import Evaluator, dvc_metrics, json_safe
-from ouroboros3d.generate import GenerationError, load_checkpoint
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 from ouroboros3d.model import sample_kwargs
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ouroboros3d.checkpoint import read_checkpoint_params
 from ouroboros3d.errors import UserError, guard
-from ouroboros3d.generate import read_checkpoint_params
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 
 MESH_COLUMNS = ("mesh_", "volume_iou")  # prefixes of the columns only Table 2's runs have

@@ -11,7 +11,7 @@ import functools
 import sys
 from collections.abc import Callable
 
-__all__ = ["EXIT_USAGE", "UserError", "expected_errors", "guard"]
+__all__ = ["EXIT_USAGE", "GenerationError", "UserError", "expected_errors", "guard", "one_line"]
 
 EXIT_USAGE = 2
 
@@ -19,6 +19,15 @@ EXIT_USAGE = 2
 class UserError(Exception):
     """Base of the errors that mean "the input is wrong" (params, data, weights, images), not
     "the code is wrong": :func:`guard` turns them into one ``error:`` line and exit code 2."""
+
+
+class GenerationError(UserError, RuntimeError):
+    """A user-facing failure of image-to-3D generation (image, checkpoint, device); one line."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
