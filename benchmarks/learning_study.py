@@ -37,6 +37,7 @@ from ouroboros3d.build import build_model, initialise
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.io import atomic_write_bytes
+from ouroboros3d.tracking import read_curves
 from ouroboros3d.training import train
 from ouroboros3d.validation import stack_items, validation_scores
 
@@ -99,13 +100,13 @@ def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every
 
         try:
             train(
-                model, train_set, settings, folder / "ckpt", folder / "loss.csv", seed=run_params.seed,
+                model, train_set, settings, folder / "ckpt", folder / "log", seed=run_params.seed,
                 fingerprint=label, objective="denoiser", on_step=stop_on_time, validate_every=every,
                 validate=lambda m, p=run_params: _scores(m, batch, p),
             )  # fmt: skip
         except TimeoutError:
             pass
-        curve = pd.read_csv(folder / "val.csv")
+        curve = read_curves(folder / "log", "val")  # the run's dvclive validation curve
         params_count = sum(p.numel() for p in model.denoiser.parameters())
         rows += [r | {"run": label, "parameters": params_count} for r in curve.to_dict("records")]
         print(f"{label}: {curve.iloc[-1].to_dict()} ({time.perf_counter() - t0:.0f} s)")

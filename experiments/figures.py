@@ -11,8 +11,9 @@ For each run (a label and an experiments/evaluate.py results folder whose ``step
   the denoising step, the mean over the recorded objects, one line per run;
 * ``denoising_curves.csv``: the same curves (``step, sigma, psnr_3d_<label>, cd_<label>``),
   declared as a DVC plot;
-* ``learning_curves.png``: the validation-split PSNR of every training run with a ``val.csv``
-  (``--train``) against its steps, beside the trivial baselines.
+* ``learning_curves.png``: the validation-split PSNR of every training run whose dvclive log
+  (``--train``, ``results/train/<run>/plots/metrics/val/``) has one, against its steps, beside
+  the trivial baselines.
 
 By default the runs are the main model with feedback at every step and the same model with
 no feedback at inference (``--feedback-start 1.0``): the same weights, the only difference
@@ -36,6 +37,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_bytes
+from ouroboros3d.tracking import read_curves
 
 
 def load_run(folder: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -123,7 +125,7 @@ def curves_figure(table: pd.DataFrame, labels: list[str]):
     return fig
 
 
-# val.csv columns (ouroboros3d/validation.py): F's runs have the first two, G's the third
+# validation scores (ouroboros3d/validation.py) in each run's dvclive log: F's runs have the first two, G's the third
 CURVES = {
     "mv_psnr": ("o-", "sampled views (no G)"),
     "x0_psnr": ("s-", "1-step: D(σ_max)"),
@@ -132,8 +134,9 @@ CURVES = {
 
 
 def learning_figure(train_dir: Path):
-    """Validation-split PSNR against training steps, one panel per training run with a val.csv."""
-    curves_ = {p.parent.name: pd.read_csv(p) for p in sorted(train_dir.glob("*/val.csv"))}
+    """Validation-split PSNR against training steps, one panel per training run with a validation curve."""
+    curves_ = {p.parent.name: read_curves(p.parent, "val") for p in sorted(train_dir.glob("*/metrics.json"))}
+    curves_ = {name: df for name, df in curves_.items() if len(df)}
     if not curves_:
         return None
     fig, axes = plt.subplots(1, len(curves_), figsize=(4.2 * len(curves_), 3.4), squeeze=False, sharey=True)
@@ -166,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", nargs="+", default=["feedback=main", "no_feedback=main-fs1.0"], help="label=run folder pairs"
     )
-    parser.add_argument("--train", default="results/train", help="training runs whose val.csv give learning curves")
+    parser.add_argument(
+        "--train",
+        default="results/train",
+        help="training runs (dvclive logs) whose validation scores give learning curves",
+    )
     parser.add_argument("--out", default="results/figures")
     parser.add_argument("--view", type=int, default=None, help="view shown (default: the middle view, not the input)")
     parser.add_argument("--columns", type=int, default=6, help="denoising steps shown")

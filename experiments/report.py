@@ -7,7 +7,7 @@ hand. Verdicts are computed from paired per-object differences and their 95% t-i
 
   {{setup}}           data, model and training sizes of this run
   {{training}}        per trained model: steps, wall time, final losses
-  {{learning}}        validation-split learning curves (results/train/*/val.csv)
+  {{learning}}        validation-split learning curves (the dvclive logs results/train/*/)
   {{main_metrics}}    the main model's metrics.json
   {{table2}}          results/tables/table2_ablation.md (body)
   {{table3}}          results/tables/table3_feedback_window.md (body)
@@ -17,7 +17,6 @@ hand. Verdicts are computed from paired per-object differences and their 95% t-i
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.errors import guard
 from ouroboros3d.io import atomic_write_text
 from ouroboros3d.stats import mean_ci
+from ouroboros3d.tracking import read_curves, read_metrics
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float = 0.95) -> dict | None:
@@ -128,12 +128,15 @@ def _training(results: Path) -> str:
         "| model | steps | wall time | final loss | multi-view loss | reconstruction loss |",
         "|---|---|---|---|---|---|",
     ]
-    for summary in sorted((results / "train").glob("*/summary.json")):
-        s = json.loads(summary.read_text())
-        losses = [s.get("final_losses", {}).get(k, float("nan")) for k in ("loss", "loss_mv", "loss_recon")]
-        minutes = f"{s['seconds'] / 60:.1f} min (last run)"
+    for path in sorted((results / "train").glob("*/metrics.json")):  # dvclive's summary of each run
+        s = read_metrics(path.parent)
+        losses = [s.get("train", {}).get(k, float("nan")) for k in ("loss", "loss_mv", "loss_recon")]
+        run = s.get("run", {})
+        minutes = f"{run['seconds'] / 60:.1f} min (last run)" if "seconds" in run else "–"
         lines.append(
-            f"| {summary.parent.name} | {s['steps']} | {minutes} | " + " | ".join(f"{v:.4f}" for v in losses) + " |"
+            f"| {path.parent.name} | {run.get('steps', s.get('step', '–'))} | {minutes} | "
+            + " | ".join(f"{v:.4f}" for v in losses)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -184,8 +187,8 @@ def _learning(results: Path) -> str:
         "| run | step | 1-step x0 PSNR | sampled MV PSNR | G on GT views PSNR | copy-input PSNR | white PSNR |",
         "|---|---|---|---|---|---|---|",
     ]
-    for path in sorted((results / "train").glob("*/val.csv")):
-        df = pd.read_csv(path)
+    for path in sorted((results / "train").glob("*/metrics.json")):
+        df = read_curves(path.parent, "val")
         for _, row in df.iterrows():
             cells = [f"{row[k]:.2f}" if k in df else "–" for k in columns]
             lines.append(f"| {path.parent.name} | {int(row['step'])} | " + " | ".join(cells) + " |")

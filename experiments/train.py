@@ -5,9 +5,12 @@ fine-tuning with feedback).
   python experiments/train.py --pretrain denoiser        # F as plain multi-view diffusion
   python experiments/train.py --pretrain reconstructor   # G on ground-truth views
   python experiments/train.py --variant main --init models/pretrain   # Algorithm 1, fine-tuned
+  accelerate launch --config_file configs/accelerate/cpu_2proc.yaml experiments/train.py ...  # N ranks
 
 Writes the EMA weights and the resolved params to ``models/<name>/`` (``models/pretrain/<part>``
-for pretraining) and the loss curve to ``results/train/<name>/loss.csv``. The rolling
+for pretraining) and the dvclive log to ``results/train/<name>/`` (``metrics.json``: final losses,
+val scores and run facts for ``dvc exp show``; ``plots/metrics/{train,val}/*.tsv``: the curves
+for ``dvc plots``, written as training goes; ``params.yaml``: the weights it started from). The rolling
 checkpoint in ``checkpoints/<name>/<fingerprint>/`` persists across runs: re-running after a
 kill resumes from it. The fingerprint covers the params and the weights training starts from.
 """
@@ -20,6 +23,7 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
@@ -77,20 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         # one folder per fingerprint: experiments with other params never clobber it
         Path("checkpoints") / name / fingerprint,
-        Path("results/train") / name / "loss.csv",
+        Path("results/train") / name,  # the dvclive log: metrics.json, plots/metrics/{train,val}/*.tsv
         seed=params.seed,
         fingerprint=fingerprint,
         lpips=lpips,
         objective=objective,
         validate=validate,
         validate_every=settings.validate_every,
+        log_params={  # the log's params.yaml: what this run started from
+            "init": {k: "none" if v is None else str(v) for k, v in init.items()},
+            "objects": len(dataset),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
     )
+    if not PartialState().is_main_process:
+        return 0  # under `accelerate launch`, rank 0 alone writes the model
     summary.pop("ema").copy_to(model)
     save_weights(model, out / "model.safetensors")
     atomic_write_text(out / "params.json", json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
-    summary |= {"objects": len(dataset), "parameters": sum(p.numel() for p in model.parameters())}
-    summary["init"] = {k: None if v is None else str(v) for k, v in init.items()}
-    atomic_write_text(Path("results/train") / name / "summary.json", json.dumps(summary, indent=2))
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; final loss {summary['final_losses']}")
     return 0
 

@@ -29,6 +29,7 @@ from .gaussians import Gaussians
 from .splatting import render
 
 __all__ = [
+    "Draws",
     "Ouroboros3D",
     "Reconstruction",
     "SampleResult",
@@ -92,9 +93,16 @@ class Ouroboros3D(nn.Module):
         self.residual = residual
 
     def forward(
-        self, batch: Mapping[str, torch.Tensor], generator: torch.Generator, objective: str = "joint", **kwargs
+        self,
+        batch: Mapping[str, torch.Tensor],
+        generator: torch.Generator | Draws,
+        objective: str = "joint",
+        **kwargs,
     ) -> dict:
         """A training objective's losses; ``forward`` so DDP can wrap the model.
+
+        ``generator``: a :class:`Draws` (per-sample generators, as training uses) or one
+        generator for everything.
 
         ``objective``: "joint" (Algorithm 1, :func:`training_losses`), "denoiser" (F alone,
         :func:`denoiser_losses`) or "reconstructor" (G alone, :func:`reconstructor_losses`).
@@ -192,7 +200,31 @@ class LossWeights:
     lpips: float = 0.0  # LPIPS inside the reconstruction loss; needs pretrained weights
 
 
-def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Draws:
+    """Where a training step's randomness comes from.
+
+    ``samples``: one generator per sample of the batch, for that sample's own draws (its
+    recolouring, sigma, noise and conditioning dropout). Training seeds each from (seed, step,
+    the sample's index in the step's global batch), so a sample draws the same whichever rank
+    holds it and however the batch is split. ``step``: the batch-wide draws, Algorithm 1's
+    second-pass coin, seeded from (seed, step): the same on every rank.
+    """
+
+    samples: Sequence[torch.Generator]
+    step: torch.Generator
+
+    @classmethod
+    def of(cls, generator: torch.Generator | Draws, batch_size: int) -> Draws:
+        """``generator`` as :class:`Draws`; one plain generator serves every draw, in turn."""
+        if isinstance(generator, Draws):
+            if len(generator.samples) != batch_size:
+                raise ValueError(f"{len(generator.samples)} sample generators for a batch of {batch_size}")
+            return generator
+        return cls([generator] * batch_size, generator)
+
+
+def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator | Draws) -> dict[str, torch.Tensor]:
     """The batch with each object's RGB channels permuted, the same way in every view.
 
     The renders are Lambertian under white light on a white background, so a channel
@@ -201,7 +233,7 @@ def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> d
     from the input view.
     """
     views = batch["views"]
-    perms = [torch.randperm(3, generator=generator) for _ in range(views.shape[0])]
+    perms = [torch.randperm(3, generator=g) for g in Draws.of(generator, views.shape[0]).samples]
     index = torch.stack(perms).to(views.device)
     out = dict(batch)
     out["views"] = torch.stack([v[:, p] for v, p in zip(views, index, strict=True)])
@@ -209,16 +241,19 @@ def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> d
     return out
 
 
-def _noisy(model: Ouroboros3D, x: torch.Tensor, generator: torch.Generator, p_mean: float, p_std: float, mixture):
-    sigma = edm.sample_training_sigma(x.shape[0], p_mean, p_std, generator, mixture=mixture).to(x.device)
-    noise = torch.randn(x.shape, generator=generator).to(x)
-    return sigma, x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise
+def _noisy(x: torch.Tensor, draws: Draws, p_mean: float, p_std: float, mixture, cond_dropout: float):
+    """Each sample's sigma, noise and conditioning-dropout flag, from its own generator."""
+    gens = draws.samples
+    sigma = torch.cat([edm.sample_training_sigma(1, p_mean, p_std, g, mixture=mixture) for g in gens]).to(x.device)
+    noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x)
+    drop = torch.cat([torch.rand(1, generator=g) for g in gens]).to(x.device) < cond_dropout
+    return sigma, x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise, drop
 
 
 def denoiser_losses(
     model: Ouroboros3D,
     batch: Mapping[str, torch.Tensor],
-    generator: torch.Generator,
+    generator: torch.Generator | Draws,
     *,
     cond_dropout: float = 0.1,
     p_mean: float = 1.0,
@@ -231,8 +266,7 @@ def denoiser_losses(
     views, K, c2w = batch["views"], batch["K"], batch["c2w"]
     b = views.shape[0]
     x = model.encode_views(views, batch["input_view"])
-    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std, noise_mixture)
-    drop = torch.rand(b, generator=generator).to(views.device) < cond_dropout
+    sigma, noisy_x, drop = _noisy(x, Draws.of(generator, b), p_mean, p_std, noise_mixture, cond_dropout)
     cond = model.condition(batch["input_view"], K, c2w, drop=drop)
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
     weight = edm.loss_weight(sigma, model.denoiser.sigma_data)
@@ -265,7 +299,7 @@ def reconstruction_loss(
 def reconstructor_losses(
     model: Ouroboros3D,
     batch: Mapping[str, torch.Tensor],
-    generator: torch.Generator,
+    generator: torch.Generator | Draws,
     *,
     weights: LossWeights = LossWeights(),
     lpips: nn.Module | None = None,
@@ -281,7 +315,7 @@ def reconstructor_losses(
 def training_losses(
     model: Ouroboros3D,
     batch: Mapping[str, torch.Tensor],
-    generator: torch.Generator,
+    generator: torch.Generator | Draws,
     *,
     feedback_prob: float = 0.5,
     cond_dropout: float = 0.1,
@@ -295,23 +329,21 @@ def training_losses(
 
     A model built with ``joint=False`` trains G on the ground-truth views instead of F's
     predictions (the "no joint training" row of Table 2): no gradient passes between F and G.
-    All randomness comes from ``generator`` so a step is reproducible from its seed.
+    All randomness comes from ``generator`` so a step is reproducible from its seed: with
+    :class:`Draws`, each sample's sigma, noise and dropout from its own generator and the
+    second-pass coin from the step's.
     """
     views, K, c2w = batch["views"], batch["K"], batch["c2w"]
-    b = views.shape[0]
-    device = views.device
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=generator).to(device)
+    draws = Draws.of(generator, views.shape[0])
 
     x = model.encode_views(views, batch["input_view"])
-    sigma, noisy_x = _noisy(model, x, generator, p_mean, p_std, noise_mixture)
-    cond = model.condition(batch["input_view"], K, c2w, drop=rand(b) < cond_dropout)
+    sigma, noisy_x, drop = _noisy(x, draws, p_mean, p_std, noise_mixture, cond_dropout)
+    cond = model.condition(batch["input_view"], K, c2w, drop=drop)
 
     pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
     pred_i = model.decode_views(pred_x, batch["input_view"])
     recon = model.reconstruct(pred_i if model.joint else views, K, c2w, sigma)
-    second_pass = model.has_feedback and rand(()).item() > 1 - feedback_prob
+    second_pass = model.has_feedback and torch.rand((), generator=draws.step).item() > 1 - feedback_prob
     if second_pass:
         pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=recon.feedback(model.feedback_maps))
 

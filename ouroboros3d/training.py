@@ -1,16 +1,22 @@
 """Joint training loop (Algorithm 1) with accelerate, EMA, and exact resume.
 
 Every source of randomness in a step is derived from ``(seed, step)``: the batch's object
-indices and the generator passed to :func:`ouroboros3d.model.training_losses`. A run
+indices and the :class:`ouroboros3d.model.Draws` passed to :func:`ouroboros3d.model.training_losses`
+(each sample's generator also from its index in the step's global batch). A run
 killed at any point and resumed from its last checkpoint (weights, EMA, optimizer state,
 all in one safetensors file written atomically) therefore continues exactly as the
 uninterrupted run would have.
+
+Distributed (``accelerate launch``, one process per device): rank r trains on positions
+r, r + world, ... of the step's global batch of ``batch_size * world`` objects, each with the
+draws of its global position, so how a batch is split over ranks changes nothing but float
+rounding. Only rank 0 writes logs and checkpoints; every rank resumes from the same one.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
+import hashlib
 import json
 import math
 import time
@@ -25,9 +31,19 @@ from tqdm.auto import tqdm
 
 from .config import TrainSettings
 from .io import save_tensors
-from .model import LossWeights, Ouroboros3D, recolour
+from .model import Draws, LossWeights, Ouroboros3D, recolour
+from .tracking import RunLog
 
-__all__ = ["EMA", "TrainSettings", "batch_indices", "load_training_state", "save_training_state", "train"]
+__all__ = [
+    "EMA",
+    "TrainSettings",
+    "batch_indices",
+    "load_training_state",
+    "sample_generator",
+    "save_training_state",
+    "step_draws",
+    "train",
+]
 
 LOG_FIELDS = ("step", "loss", "loss_mv", "loss_recon", "loss_rgb", "loss_alpha", "lr", "seconds")
 
@@ -76,7 +92,19 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int) -> list
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
+    """The step's batch-wide draws (the second-pass coin): the same on every rank."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+
+
+def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
+    """The draws of the sample at ``position`` in step ``step``'s global batch, on any rank."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{position}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def step_draws(seed: int, step: int, positions: Sequence[int]) -> Draws:
+    """The :class:`Draws` of the samples at ``positions`` of step ``step``'s global batch."""
+    return Draws([sample_generator(seed, step, j) for j in positions], step_generator(seed, step))
 
 
 # --- checkpoints ---------------------------------------------------------------------
@@ -149,29 +177,6 @@ def _collate(items: Sequence[dict], device: torch.device) -> dict[str, torch.Ten
     return {k: torch.stack([it[k] for it in items]).to(device) for k in keys}
 
 
-def _rewrite_log(path: Path, upto_step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from, so curves have no repeats."""
-    if not path.exists():
-        return
-    with path.open() as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or LOG_FIELDS
-        rows = [r for r in reader if int(r["step"]) <= upto_step]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _append_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def _validate_ema(model: nn.Module, ema: EMA, validate: Callable[[nn.Module], dict]) -> dict:
     """``validate`` on a copy of ``model`` holding the EMA weights (the weights that get shipped)."""
     shadow = copy.deepcopy(model)
@@ -184,7 +189,7 @@ def train(
     dataset,
     settings: TrainSettings,
     checkpoint_dir: Path,
-    log_path: Path,
+    log_dir: Path,
     *,
     seed: int,
     fingerprint: str,
@@ -195,19 +200,25 @@ def train(
     objective: str = "joint",
     validate: Callable[[nn.Module], dict] | None = None,
     validate_every: int = 0,
+    log_params: dict | None = None,
 ) -> dict:
     """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint_dir/last.safetensors``.
 
     A checkpoint whose fingerprint (a hash of the params that shape training) differs is
     not resumed: training starts over and says so. ``stop_after`` ends the run early after
     that many steps of this call (tests use it to simulate a kill). ``validate(model)``, if
-    given, scores the EMA weights at the end and every ``validate_every`` steps (0: only at the end); its rows go
-    to ``val.csv`` beside ``log_path`` (a learning curve). Returns a summary.
+    given, scores the EMA weights at the end and every ``validate_every`` steps (0: only at the end).
+    The losses and the validation scores (a learning curve) go to the dvclive directory ``log_dir``
+    (:class:`ouroboros3d.tracking.RunLog`), with ``log_params`` as its params. Returns a summary.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=settings.mixed_precision)
-    checkpoint_dir, log_path = Path(checkpoint_dir), Path(log_path)
+    # F or G alone leaves the other's parameters without gradients, which DDP must be told
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=objective != "joint")
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=settings.mixed_precision, kwargs_handlers=[ddp]
+    )
+    checkpoint_dir = Path(checkpoint_dir)
     last = checkpoint_dir / "last.safetensors"
     model.to(accelerator.device)
     optimizer = torch.optim.AdamW(
@@ -222,23 +233,16 @@ def train(
             accelerator.print(f"resuming from {last} at step {start}")
         else:
             accelerator.print(f"{last} was written with other params: training from scratch")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    val_path = log_path.with_name("val.csv")
-    for path in (log_path, val_path):
-        if start == 0:
-            path.unlink(missing_ok=True)
-        _rewrite_log(path, start)
+    # rank 0 logs; rows after the resumed checkpoint (steps to be redone) are dropped
+    log = RunLog(log_dir, start, enabled=accelerator.is_main_process)
+    if log_params:
+        log.log_params(log_params)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
     world, rank = accelerator.num_processes, accelerator.process_index
     end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=settings.steps, disable=not progress or rank, desc="train")
-    new_log = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    writer = csv.DictWriter(log_file, LOG_FIELDS)
-    if new_log:
-        writer.writeheader()
     t0 = time.perf_counter()
     losses: dict = {}
     model.train()
@@ -247,8 +251,9 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * _lr_factor(step, settings)
             idx = batch_indices(len(dataset), settings.batch_size * world, step, seed)
-            batch = _collate([dataset[i] for i in idx[rank::world]], accelerator.device)
-            generator = step_generator(seed, step)
+            positions = range(rank, len(idx), world)  # this rank's share of the global batch
+            batch = _collate([dataset[idx[j]] for j in positions], accelerator.device)
+            generator = step_draws(seed, step, positions)
             if settings.recolour:
                 batch = recolour(batch, generator)
             with accelerator.autocast():
@@ -271,27 +276,30 @@ def train(
             accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
             ema.update(accelerator.unwrap_model(model))
-            values = {k: float(v.detach()) for k, v in losses.items()}
+            # the global batch's mean over ranks (each rank's loss is its share's mean)
+            mean = accelerator.reduce({k: v.detach() for k, v in losses.items()}, "mean")
+            values = {k: float(v) for k, v in mean.items()}
             bar.set_postfix({k.removeprefix("loss_"): f"{values[k]:.4f}" for k in LOG_FIELDS if k in values})
             done = step + 1
             if rank == 0 and (done % settings.log_every == 0 or done == settings.steps):
-                row = {k: values.get(k, "") for k in LOG_FIELDS} | {"step": done}
+                row = {k: values[k] for k in LOG_FIELDS if k in values}
                 row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
-                writer.writerow(row)
-                log_file.flush()
+                log.log_step(done, row)
             due = done == settings.steps or (validate_every and done % validate_every == 0)
             if rank == 0 and validate is not None and due:
                 scores = _validate_ema(accelerator.unwrap_model(model), ema, validate)
-                _append_row(val_path, {"step": done} | scores)
+                log.log_val(done, scores)
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
                 save_training_state(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint)
             if on_step is not None:
                 on_step(done, values)
+        log.close(steps=end, finished=end == settings.steps, seconds=round(time.perf_counter() - t0, 3))
     finally:
-        log_file.close()
+        log.close()
         bar.close()
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group: one train() per distributed process
     return {
         "steps": end,
         "finished": end == settings.steps,

@@ -181,7 +181,7 @@ def check_training(params, steps: int, objects: int, mixed_precision: str = "bf1
             dataset,
             settings,
             Path(tmp) / "checkpoints",
-            Path(tmp) / "loss.csv",
+            Path(tmp) / "log",
             seed=params.seed,
             fingerprint="gpu-check",
             progress=False,

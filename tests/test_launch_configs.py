@@ -1,8 +1,8 @@
 """configs/accelerate/*.yaml: each loads with accelerate's own loader and says what its name says.
 
 accelerate reads these files only at launch time, on the machines that run them; a typo would
-otherwise surface there. The training loop is not yet rank-aware, so no multi-process training
-is run here; the slow test only checks that the CPU config really starts two gloo ranks.
+otherwise surface there. The slow test checks that the CPU config really starts two gloo ranks;
+tests/test_distributed.py trains through it.
 """
 
 from __future__ import annotations

@@ -74,16 +74,23 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
             assert im.size[0] > 100 and im.size[1] > 100
     with Image.open(repo / "paper" / "figures" / "generate_example.png") as im:
         assert im.size[0] > 100
-    loss = pd.read_csv(repo / "results" / "train" / "main" / "loss.csv")
+    # the training stages' dvclive logs: curves for `dvc plots`, final values for `dvc exp show`
+    train_log = repo / "results" / "train"
+    loss = pd.read_csv(train_log / "main" / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
     assert loss["step"].tolist() == [1, 2, 3]
+    main_metrics = json.loads((train_log / "main" / "metrics.json").read_text())
+    assert main_metrics["step"] == 3 and main_metrics["run"]["finished"] and "loss_mv" in main_metrics["train"]
+    assert main_metrics["train"]["loss"] == loss["loss"].iloc[-1] and "mv_psnr" in main_metrics["val"]
+    run_params = yaml.safe_load((train_log / "main" / "params.yaml").read_text())
     for part in ("denoiser", "reconstructor"):  # pretrained once, every fine-tune starts from them
         assert (repo / "models" / "pretrain" / part / "model.safetensors").stat().st_size > 0
-        summary = json.loads((repo / "results" / "train" / "main" / "summary.json").read_text())
-        assert summary["init"][part] == f"models/pretrain/{part}"
-    val = pd.read_csv(repo / "results" / "train" / "pretrain_denoiser" / "val.csv")
+        assert run_params["init"][part] == f"models/pretrain/{part}"
+    val = pd.read_csv(train_log / "pretrain_denoiser" / "plots" / "metrics" / "val" / "white_psnr.tsv", sep="\t")
     assert val["step"].tolist() == [1, 2] and (val["white_psnr"] > 0).all()
-    val_g = pd.read_csv(repo / "results" / "train" / "pretrain_reconstructor" / "val.csv")  # G's curve
-    assert val_g["step"].iloc[-1] == 2 and {"recon_psnr", "copy_input_psnr"} <= set(val_g)
+    val_g = {p.stem for p in (train_log / "pretrain_reconstructor" / "plots" / "metrics" / "val").glob("*.tsv")}
+    assert {"recon_psnr", "copy_input_psnr"} <= val_g  # G's curve
+    val_g = pd.read_csv(train_log / "pretrain_reconstructor" / "plots" / "metrics" / "val" / "recon_psnr.tsv", sep="\t")
+    assert val_g["step"].iloc[-1] == 2
     assert (repo / "models" / "main" / "model.safetensors").stat().st_size > 0
     report = (repo / "paper" / "report.md").read_text()
     assert "{{" not in report and "## The paper's claims, as measured here" in report
@@ -142,3 +149,14 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     assert len(exps) == 1, shown.stdout[-2000:]
     assert exps[0]["params"]["params.yaml"]["data"]["feedback"] is False
     assert exps[0]["metrics"]["results/metrics.json"]["data"]["mv"]["psnr"] > 0
+    # and with the fine-tune's dvclive metrics: its final losses and val scores
+    trained = exps[0]["metrics"]["results/train/main/metrics.json"]["data"]
+    assert trained["step"] == 3 and trained["train"]["loss"] > 0 and trained["val"]["mv_psnr"] > 0
+    # the training curves are DVC plots, drawn across experiments: the commit against the experiment
+    name = [rev["name"] for row in json.loads(shown.stdout) for e in row.get("experiments") or [] for rev in e["revs"]]
+    diff = subprocess.run(
+        [dvc, "plots", "diff", "HEAD", name[0], "--json"], cwd=repo, env=env, capture_output=True, text=True, check=True
+    )
+    plots = json.loads(diff.stdout)["data"]
+    assert plots["training_loss"][0]["revisions"] == ["HEAD", name[0]], list(plots)
+    assert plots["results/train/main/plots/metrics/val/mv_psnr.tsv"][0]["revisions"] == ["HEAD", name[0]]

@@ -14,6 +14,7 @@ from ouroboros3d.build import InitError, build_model, initialise, training_finge
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.io import atomic_write_text, save_weights
 from ouroboros3d.model import recolour, sample
+from ouroboros3d.tracking import read_curves, read_metrics
 from ouroboros3d.training import _lr_factor, train
 from ouroboros3d.validation import reconstruction_scores, validation_scores
 
@@ -86,7 +87,7 @@ def test_pretraining_objectives_train_only_their_part(tmp_path, objective):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = dataclasses.replace(params.train, steps=2, recolour=True)
     train(
-        model, SyntheticDataset(params), settings, tmp_path / "c", tmp_path / "loss.csv", seed=0, fingerprint="f",
+        model, SyntheticDataset(params), settings, tmp_path / "c", tmp_path / "log", seed=0, fingerprint="f",
         progress=False, objective=objective,
     )  # fmt: skip
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -102,16 +103,23 @@ def test_validation_curve_is_logged_for_the_ema_and_resumes_without_repeats(tmp_
         model = build_model(params)
         settings = dataclasses.replace(params.train, steps=4, checkpoint_every=2)
         train(
-            model, SyntheticDataset(params), settings, tmp_path / "c", tmp_path / "loss.csv", seed=0,
+            model, SyntheticDataset(params), settings, tmp_path / "c", tmp_path / "log", seed=0,
             fingerprint="f", progress=False, objective="denoiser", stop_after=stop_after,
             validate=lambda m: validation_scores(m, batch, steps=2), validate_every=1,
         )  # fmt: skip
 
     run(stop_after=3)  # killed after step 3: the checkpoint is at step 2
     run()
-    rows = list(csv.DictReader((tmp_path / "val.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert {"x0_psnr", "mv_psnr", "copy_input_psnr", "white_psnr"} <= set(rows[0])
+    val_dir = tmp_path / "log" / "plots" / "metrics" / "val"
+    names = {p.stem for p in val_dir.glob("*.tsv")}
+    assert {"x0_psnr", "mv_psnr", "copy_input_psnr", "white_psnr"} <= names
+    for name in names:  # each validation step once in every file, after the kill and the resume
+        rows = list(csv.DictReader((val_dir / f"{name}.tsv").open(), delimiter="\t"))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3, 4], name
+    curve = read_curves(tmp_path / "log", "val")
+    assert curve["step"].tolist() == [1, 2, 3, 4] and names <= set(curve)
+    metrics = read_metrics(tmp_path / "log")
+    assert metrics["val"]["white_psnr"] == curve["white_psnr"].iloc[-1] and metrics["run"]["steps"] == 4
 
 
 def test_reconstruction_scores_are_g_on_the_ground_truth_views():

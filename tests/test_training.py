@@ -1,7 +1,7 @@
 """The training loop: it learns, it resumes exactly, it never mixes runs of other params."""
 
-import csv
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from conftest import SyntheticDataset, synthetic_batch, tiny_params
 
 from ouroboros3d.build import build_model, training_fingerprint
 from ouroboros3d.perceptual import WeightsUnavailable, load_lpips
+from ouroboros3d.tracking import read_curves
 from ouroboros3d.training import batch_indices, checkpoint_metadata, train
 
 
@@ -24,7 +25,7 @@ def _run(params, tmp_path, name, **kw):
         SyntheticDataset(params),
         params.train,
         tmp_path / name / "ckpt",
-        tmp_path / name / "loss.csv",
+        tmp_path / name / "log",
         seed=params.seed,
         fingerprint=training_fingerprint(params),
         progress=False,
@@ -78,11 +79,21 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    # the loss log has each step once, as the uninterrupted run's
-    rows = list(csv.DictReader((tmp_path / "resumed" / "loss.csv").open()))
-    assert [int(r["step"]) for r in rows] == list(range(1, 7))
-    rows_straight = list(csv.DictReader((tmp_path / "straight" / "loss.csv").open()))
-    assert [r["loss"] for r in rows] == [r["loss"] for r in rows_straight]
+    # the dvclive log has each step once in every metric file, as the uninterrupted run's
+    log, log_straight = tmp_path / "resumed" / "log", tmp_path / "straight" / "log"
+    files = sorted(p.relative_to(log) for p in (log / "plots" / "metrics" / "train").glob("*.tsv"))
+    assert {p.stem for p in files} >= {"loss", "loss_mv", "loss_recon", "lr", "seconds"}
+    for rel in files:
+        lines = (log / rel).read_text().splitlines()
+        assert lines[0] == f"step\t{rel.stem}"
+        assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(1, 7)), rel
+        if rel.stem != "seconds":
+            assert lines == (log_straight / rel).read_text().splitlines(), rel
+    curves = read_curves(log)
+    assert curves["step"].tolist() == list(range(1, 7)) and "loss_mv" in curves
+    metrics = json.loads((log / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["run"]["finished"] and metrics["run"]["steps"] == 6
+    assert metrics["train"]["loss"] == json.loads((log_straight / "metrics.json").read_text())["train"]["loss"]
 
 
 def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, capsys):
