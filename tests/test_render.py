@@ -1,6 +1,7 @@
 """The CPU renderer and the render stage: exact depth, clean masks, CCM consistency, skips, determinism."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -247,10 +248,16 @@ def test_shards_merge_into_the_unsharded_render(tmp_path, capsys):
     for i in (1, 0):  # any order, as on separate machines
         assert render.main([*argv, "--shard", f"{i}/2", "--no-progress"]) == 0
     assert not (shards / layout.MANIFEST_FILE).exists()  # no manifest until the merge
-    # a killed shard is re-run with --resume: finished objects are kept, not re-rendered
+    # a shard killed mid-object (its folder not yet renamed into place, a temporary left) is
+    # re-run with --resume: it renders what is missing, keeps what was finished, drops the temporary
+    killed = sorted(p for p in (shards / "train").iterdir() if p.is_dir())[0]
+    shutil.rmtree(killed)
+    (shards / "train" / f".tmp-{killed.name}-killed").mkdir()
     stamps = {p: p.stat().st_mtime_ns for p in (shards / "train").rglob("*.npy")}
-    assert render.main([*argv, "--shard", "0/2", "--resume", "--no-progress"]) == 0
+    for i in (0, 1):  # whichever shard the killed object belongs to
+        assert render.main([*argv, "--shard", f"{i}/2", "--resume", "--no-progress"]) == 0
     assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert (killed / "depth.npy").is_file() and not list((shards / "train").glob(".tmp-*"))
     assert render.main([*argv, "--merge", "2"]) == 0
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(shards) for p in shards.rglob("*") if p.is_file())  # shard manifests gone

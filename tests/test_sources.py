@@ -164,3 +164,32 @@ def test_unknown_source_and_seeded_subsets():
     assert [o.object_id for o in a] == sorted(o.object_id for o in a) and len(a) == 5
     assert a != select_objects(objects, 5, seed=1, split="train")
     assert len(select_objects(objects[:3], 5, seed=0, split="train")) == 3
+
+
+def _textured_quad(x0: float, x1: float, top, bottom) -> trimesh.Trimesh:
+    """A quad in the plane y = 0 (x from x0 to x1, z from -0.5 to 0.5), UV-textured: ``top`` over ``bottom``."""
+    vertices = np.array([[x0, 0, -0.5], [x1, 0, -0.5], [x1, 0, 0.5], [x0, 0, 0.5]], dtype=float)
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float)
+    texture = np.zeros((8, 8, 3), np.uint8)
+    texture[:4], texture[4:] = top, bottom  # image rows run top-down: the upper half is v > 0.5
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture))
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    return trimesh.Trimesh(vertices, [[0, 1, 2], [0, 2, 3]], visual=visual, process=False)
+
+
+def test_folder_source_renders_a_glb_with_two_textured_materials(tmp_path):
+    # an Objaverse-style .glb: two meshes, each with its own material and UV texture
+    left = _textured_quad(-0.5, 0.0, top=[255, 0, 0], bottom=[0, 0, 255])
+    right = _textured_quad(0.0, 0.5, top=[0, 255, 0], bottom=[255, 255, 0])
+    (tmp_path / "glb").mkdir()
+    trimesh.Scene([left, right]).export(tmp_path / "glb" / "two_materials.glb")
+    (obj,) = FolderSource(tmp_path / "glb").objects()
+    mesh = normalize_to_unit_box(obj.load(), obj.up_axis)
+    c2w = orbit_c2w(torch.tensor([270.0]), 0.0, 2.2)  # on -Y: +X is image-right, +Z image-up
+    views = render_views(mesh, intrinsics(39.6, 32)[None], c2w, 32, 32)
+    # quadrant centres, as in the textured-scan test: each material's two texture halves, upright
+    expected = {(11, 11): (1, 0, 0), (20, 11): (0, 0, 1), (11, 20): (0, 1, 0), (20, 20): (1, 1, 0)}
+    for (row, col), on in expected.items():
+        rgb = views.rgb[0, row, col].astype(int)
+        lit, dark = rgb[np.array(on, bool)], rgb[~np.array(on, bool)]
+        assert lit.min() > 100 and (dark.max() if dark.size else 0) < 30, ((row, col), rgb)
