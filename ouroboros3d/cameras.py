@@ -101,12 +101,15 @@ def pixel_centers(height: int, width: int, dtype=torch.float32) -> torch.Tensor:
 def camera_rays(K: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """World-space ray origins and unit directions through every pixel centre.
 
-    ``K`` is (..., 3, 3) and ``c2w`` (..., 4, 4); both outputs are (..., H, W, 3).
+    ``K`` is (..., 3, 3) and ``c2w`` (..., 4, 4); both outputs are (..., H, W, 3). Computed in
+    the cameras' precision even under mixed-precision autocast: bf16 directions would be off
+    by about a pixel at 128², and mixed bf16/float32 operands break the cross product after.
     """
-    uv1 = pixel_centers(height, width, K.dtype)
-    dirs_cam = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K), uv1)
-    dirs = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], dirs_cam)
-    dirs = torch.nn.functional.normalize(dirs, dim=-1)
+    with torch.autocast(K.device.type, enabled=False):
+        uv1 = pixel_centers(height, width, K.dtype)
+        dirs_cam = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K), uv1)
+        dirs = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], dirs_cam)
+        dirs = torch.nn.functional.normalize(dirs, dim=-1)
     origins = c2w[..., None, None, :3, 3].expand_as(dirs)
     return origins, dirs
 

@@ -20,9 +20,12 @@ from ruamel.yaml import YAMLError
 from .ccm import CCMNormalization
 from .errors import UserError
 
-__all__ = ["Params", "ParamsError", "load_params", "params_from_dict"]
+__all__ = ["RESOLVED_PARAMS", "Params", "ParamsError", "load_params", "params_from_dict", "resolved_params"]
 
 FEEDBACK_MAPS = ("ccm", "rgb")
+# params.yaml with its preset applied (the resolve_params stage): what every other stage's
+# params deps name, so a stage re-runs when a value it reads changes, whichever block set it
+RESOLVED_PARAMS = "results/resolved_params.yaml"
 SOURCES = ("random_urdfs", "ycb", "libero", "folder")
 
 
@@ -529,3 +532,18 @@ def params_from_resolved(raw: dict) -> Params:
     params = _build(Params, dict(raw) | {"variants": {}, "train_variants": ()}, "")
     params.validate()
     return params
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolved_params(params: Params) -> dict:
+    """``params`` (preset applied, defaults filled in) as plain YAML data: the resolve_params
+    stage's output, whose keys the other stages depend on. It has no ``presets`` block: a preset
+    that is not active is not something any stage reads."""
+    return _plain(dataclasses.asdict(params))

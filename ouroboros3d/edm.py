@@ -121,8 +121,10 @@ def sample_training_sigma(
 class EDMLoss:
     """Denoising score matching, eq. (3), weighted by eq. (9).
 
-    Returns the per-sample loss ``lambda(sigma) * mean((D(x0 + n; sigma) - x0)^2)`` and the
-    denoised prediction, so a caller (Algorithm 1) can reuse it.
+    Returns the per-sample loss ``lambda(sigma) * mean((D(x0 + sigma n; sigma) - x0)^2)`` and the
+    denoised prediction, so a caller (Algorithm 1) can reuse it. ``sigma`` and the unit noise
+    ``n`` are drawn from ``generator`` unless given: Algorithm 1 draws them per sample and
+    scores its second, feedback-conditioned pass on the same noisy input.
     """
 
     def __init__(self, p_mean: float = 1.0, p_std: float = 1.6, sigma_data: float = 1.0):
@@ -136,11 +138,13 @@ class EDMLoss:
         x0: torch.Tensor,
         sigma: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
         **cond: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if sigma is None:
             sigma = sample_training_sigma(x0.shape[0], self.p_mean, self.p_std, generator).to(x0)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         s = _per_sample(sigma, x0)
         denoised = denoiser(x0 + s * noise, sigma, **cond)
         per_sample = ((denoised - x0) ** 2).flatten(1).mean(1)

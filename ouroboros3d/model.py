@@ -241,13 +241,13 @@ def recolour(batch: Mapping[str, torch.Tensor], generator: torch.Generator | Dra
     return out
 
 
-def _noisy(x: torch.Tensor, draws: Draws, p_mean: float, p_std: float, mixture, cond_dropout: float):
-    """Each sample's sigma, noise and conditioning-dropout flag, from its own generator."""
+def _noise_draws(x: torch.Tensor, draws: Draws, p_mean: float, p_std: float, mixture, cond_dropout: float):
+    """Each sample's sigma, unit noise and conditioning-dropout flag, from its own generator."""
     gens = draws.samples
     sigma = torch.cat([edm.sample_training_sigma(1, p_mean, p_std, g, mixture=mixture) for g in gens]).to(x.device)
     noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x)
     drop = torch.cat([torch.rand(1, generator=g) for g in gens]).to(x.device) < cond_dropout
-    return sigma, x + sigma.view(-1, *[1] * (x.ndim - 1)) * noise, drop
+    return sigma, noise, drop
 
 
 def denoiser_losses(
@@ -266,11 +266,11 @@ def denoiser_losses(
     views, K, c2w = batch["views"], batch["K"], batch["c2w"]
     b = views.shape[0]
     x = model.encode_views(views, batch["input_view"])
-    sigma, noisy_x, drop = _noisy(x, Draws.of(generator, b), p_mean, p_std, noise_mixture, cond_dropout)
+    sigma, noise, drop = _noise_draws(x, Draws.of(generator, b), p_mean, p_std, noise_mixture, cond_dropout)
     cond = model.condition(batch["input_view"], K, c2w, drop=drop)
-    pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
-    weight = edm.loss_weight(sigma, model.denoiser.sigma_data)
-    loss_mv = (weight * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
+    edm_loss = edm.EDMLoss(sigma_data=model.denoiser.sigma_data)
+    loss, _ = edm_loss(model.denoiser, x, sigma=sigma, noise=noise, **cond, feedback=model.zero_feedback(views))
+    loss_mv = loss.mean()
     return {"loss_mv": loss_mv, "loss": loss_mv}
 
 
@@ -337,18 +337,20 @@ def training_losses(
     draws = Draws.of(generator, views.shape[0])
 
     x = model.encode_views(views, batch["input_view"])
-    sigma, noisy_x, drop = _noisy(x, draws, p_mean, p_std, noise_mixture, cond_dropout)
+    sigma, noise, drop = _noise_draws(x, draws, p_mean, p_std, noise_mixture, cond_dropout)
     cond = model.condition(batch["input_view"], K, c2w, drop=drop)
+    # eq. (3) on the same noisy views in both passes; a feedback pass's loss replaces the first's
+    edm_loss = edm.EDMLoss(sigma_data=model.denoiser.sigma_data)
 
-    pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=model.zero_feedback(views))
+    loss, pred_x = edm_loss(model.denoiser, x, sigma=sigma, noise=noise, **cond, feedback=model.zero_feedback(views))
     pred_i = model.decode_views(pred_x, batch["input_view"])
     recon = model.reconstruct(pred_i if model.joint else views, K, c2w, sigma)
     second_pass = model.has_feedback and torch.rand((), generator=draws.step).item() > 1 - feedback_prob
     if second_pass:
-        pred_x = model.denoiser(noisy_x, sigma, **cond, feedback=recon.feedback(model.feedback_maps))
+        feedback = recon.feedback(model.feedback_maps)
+        loss, _ = edm_loss(model.denoiser, x, sigma=sigma, noise=noise, **cond, feedback=feedback)
 
-    weight = edm.loss_weight(sigma, model.denoiser.sigma_data)
-    loss_mv = (weight * ((pred_x - x) ** 2).flatten(1).mean(1)).mean()
+    loss_mv = loss.mean()
     out = {"loss_mv": loss_mv, **reconstruction_loss(recon, batch, weights, lpips)}
     out["loss"] = loss_mv + weights.recon * out["loss_recon"]
     out["second_pass"] = torch.tensor(float(second_pass))

@@ -18,6 +18,7 @@ rank gets a log that does nothing.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -57,6 +58,7 @@ def _trim(directory: Path, upto_step: int) -> dict:
     return latest
 
 
+@functools.cache
 def _live_class():
     from dvclive import Live
 

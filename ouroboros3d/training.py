@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from .config import TrainSettings
@@ -39,6 +40,7 @@ __all__ = [
     "TrainSettings",
     "batch_indices",
     "load_training_state",
+    "lr_schedule",
     "sample_generator",
     "save_training_state",
     "step_draws",
@@ -110,11 +112,30 @@ def step_draws(seed: int, step: int, positions: Sequence[int]) -> Draws:
 # --- checkpoints ---------------------------------------------------------------------
 
 
+def _frozen_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the parameters training never changes (a pretrained VAE, CLIP)."""
+    return {k for k, p in model.named_parameters() if not p.requires_grad}
+
+
 def save_training_state(
-    path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, step: int, fingerprint: str
+    path: Path,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    fingerprint: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Weights, EMA and AdamW state in one safetensors file, replaced atomically."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    """Trainable weights, EMA, AdamW and fp16 loss-scaler state in one safetensors file, replaced atomically.
+
+    Frozen parameters are left out (they are rebuilt from their pretrained folders), and
+    so is the lr schedule, a function of the step. This rather than accelerate's
+    ``save_state``: that writes a folder of pickles one file at a time, so a kill during a
+    save can leave a checkpoint that does not load, and its RNG states are not needed here,
+    where every draw is a function of ``(seed, step)``.
+    """
+    frozen = _frozen_keys(model)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k not in frozen}
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     names = {id(p): k for k, p in model.named_parameters()}
     groups = []
@@ -127,6 +148,8 @@ def save_training_state(
                 tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
     metadata = {"step": str(step), "fingerprint": fingerprint, "param_groups": json.dumps(groups)}
     metadata["ema_updates"] = str(ema.updates)
+    if scaler is not None and scaler.is_enabled():
+        metadata["grad_scaler"] = json.dumps(scaler.state_dict())
     save_tensors(path, tensors, metadata)
 
 
@@ -138,12 +161,24 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
 
 
 def load_training_state(
-    path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, device: torch.device | str = "cpu"
+    path: Path,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str = "cpu",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> int:
     """Restore a :func:`save_training_state` file (the rolling resume checkpoint); returns its step."""
     tensors = load_file(str(path))
     meta = checkpoint_metadata(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    missing, unexpected = model.load_state_dict(
+        {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False
+    )
+    # only the frozen parameters may be absent (a checkpoint of before they were left out has them)
+    if set(missing) - _frozen_keys(model) or unexpected:
+        raise ValueError(f"{path} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if scaler is not None and scaler.is_enabled() and "grad_scaler" in meta:
+        scaler.load_state_dict(json.loads(meta["grad_scaler"]))
     for k in ema.shadow:
         ema.shadow[k].copy_(tensors[f"ema.{k}"])
     ema.updates = int(meta.get("ema_updates", meta["step"]))
@@ -161,6 +196,16 @@ def load_training_state(
 # --- the loop --------------------------------------------------------------------------
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int) -> LambdaLR:
+    """The lr schedule (:func:`_lr_factor`) as torch's ``LambdaLR``, set for training step ``step``.
+
+    Not passed to ``accelerator.prepare``: accelerate would step it once per process.
+    """
+    for group in optimizer.param_groups:  # a checkpoint of before the schedule was a LambdaLR has none
+        group.setdefault("initial_lr", settings.lr)
+    return LambdaLR(optimizer, lambda s: _lr_factor(s, settings), last_epoch=step - 1)
+
+
 def _lr_factor(step: int, settings: TrainSettings) -> float:
     """Linear warm-up, constant, then cosine decay to 10% over the last ``lr_decay_fraction`` of the steps."""
     if step < settings.warmup_steps:
@@ -172,9 +217,13 @@ def _lr_factor(step: int, settings: TrainSettings) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+# what the training objectives read of a dataset item (not its ccm or plucker maps: G's rays
+# are computed from K and c2w at its own resolution)
+BATCH_KEYS = ("views", "alpha", "K", "c2w", "input_view")
+
+
 def _collate(items: Sequence[dict], device: torch.device) -> dict[str, torch.Tensor]:
-    keys = [k for k, v in items[0].items() if isinstance(v, torch.Tensor)]
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in keys}
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in BATCH_KEYS}
 
 
 def _validate_ema(model: nn.Module, ema: EMA, validate: Callable[[nn.Module], dict]) -> dict:
@@ -225,11 +274,12 @@ def train(
         [p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
     )
     ema = EMA(model, settings.ema_decay)
+    scaler = accelerator.scaler  # fp16 only; None otherwise
     start = 0
     if last.exists():
         meta = checkpoint_metadata(last)
         if meta.get("fingerprint") == fingerprint:
-            start = load_training_state(last, model, ema, optimizer, accelerator.device)
+            start = load_training_state(last, model, ema, optimizer, accelerator.device, scaler)
             accelerator.print(f"resuming from {last} at step {start}")
         else:
             accelerator.print(f"{last} was written with other params: training from scratch")
@@ -239,6 +289,7 @@ def train(
         log.log_params(log_params)
 
     model, optimizer = accelerator.prepare(model, optimizer)
+    schedule = lr_schedule(optimizer, settings, start)
     weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
     world, rank = accelerator.num_processes, accelerator.process_index
     end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
@@ -248,8 +299,6 @@ def train(
     model.train()
     try:
         for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = settings.lr * _lr_factor(step, settings)
             idx = batch_indices(len(dataset), settings.batch_size * world, step, seed)
             positions = range(rank, len(idx), world)  # this rank's share of the global batch
             batch = _collate([dataset[idx[j]] for j in positions], accelerator.device)
@@ -274,7 +323,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(losses["loss"])
             accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            schedule.step()
             ema.update(accelerator.unwrap_model(model))
             # the global batch's mean over ranks (each rank's loss is its share's mean)
             mean = accelerator.reduce({k: v.detach() for k, v in losses.items()}, "mean")
@@ -283,7 +334,7 @@ def train(
             done = step + 1
             if rank == 0 and (done % settings.log_every == 0 or done == settings.steps):
                 row = {k: values[k] for k in LOG_FIELDS if k in values}
-                row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
+                row |= {"lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
                 log.log_step(done, row)
             due = done == settings.steps or (validate_every and done % validate_every == 0)
             if rank == 0 and validate is not None and due:
@@ -291,12 +342,12 @@ def train(
                 log.log_val(done, scores)
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
-                save_training_state(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint)
+                save_training_state(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint, scaler)
             if on_step is not None:
                 on_step(done, values)
         log.close(steps=end, finished=end == settings.steps, seconds=round(time.perf_counter() - t0, 3))
     finally:
-        log.close()
+        log.close()  # an exception's way out: what was logged is kept (a no-op after the close above)
         bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroys the process group: one train() per distributed process

@@ -24,7 +24,7 @@ from conftest import ROOT, synthetic_batch, tiny_params
 from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model
-from ouroboros3d.model import Draws, _noisy, recolour
+from ouroboros3d.model import Draws, _noise_draws, recolour
 from ouroboros3d.training import batch_indices, checkpoint_metadata, step_draws
 
 # 1 process x batch 2 against 2 gloo ranks x batch 1: the same arithmetic but for float rounding
@@ -48,19 +48,19 @@ def test_each_samples_draws_do_not_depend_on_the_batch_split():
     whole = list(range(4))
     draws = step_draws(7, 3, whole)  # as in training: recolouring, then sigma, noise and dropout
     full = recolour(batch, draws)
-    sigma, noisy, drop = _noisy(x, draws, 1.0, 1.6, (0.3, -1.0, 1.0), 0.5)
+    sigma, noise, drop = _noise_draws(x, draws, 1.0, 1.6, (0.3, -1.0, 1.0), 0.5)
     for part in _split(whole):
         sub = {k: v[part] for k, v in batch.items()}
         draws = step_draws(7, 3, part)
         torch.testing.assert_close(recolour(sub, draws)["views"], full["views"][part], rtol=0, atol=0)
-        s, n, d = _noisy(sub["views"], draws, 1.0, 1.6, (0.3, -1.0, 1.0), 0.5)
+        s, n, d = _noise_draws(sub["views"], draws, 1.0, 1.6, (0.3, -1.0, 1.0), 0.5)
         torch.testing.assert_close(s, sigma[part], rtol=0, atol=0)
-        torch.testing.assert_close(n, noisy[part], rtol=0, atol=0)
+        torch.testing.assert_close(n, noise[part], rtol=0, atol=0)
         assert torch.equal(d, drop[part])
     # the draws are the sample's own: another position, step or seed draws otherwise
-    s0 = _noisy(x[:1], step_draws(7, 3, [0]), 1.0, 1.6, None, 0.5)[1]
+    s0 = _noise_draws(x[:1], step_draws(7, 3, [0]), 1.0, 1.6, None, 0.5)[1]
     for other in (step_draws(7, 3, [1]), step_draws(7, 4, [0]), step_draws(8, 3, [0])):
-        assert not torch.equal(_noisy(x[:1], other, 1.0, 1.6, None, 0.5)[1], s0)
+        assert not torch.equal(_noise_draws(x[:1], other, 1.0, 1.6, None, 0.5)[1], s0)
     # the step's coin is the same on every rank
     coins = [torch.rand((), generator=step_draws(7, 3, p).step) for p in _split(whole)]
     assert coins[0] == coins[1]

@@ -7,6 +7,7 @@ this test fails instead, naming the stage and the missing files.
 from __future__ import annotations
 
 import ast
+import copy
 import re
 from pathlib import Path
 
@@ -84,3 +85,98 @@ def test_closure_follows_relative_and_lazy_imports():
     # train.py -> ouroboros3d.build -> (lazy) .model -> .splatting
     assert {"ouroboros3d/build.py", "ouroboros3d/model.py", "ouroboros3d/splatting.py"} <= closure
     assert "ouroboros3d/__init__.py" in closure and "ouroboros3d/_compat.py" in closure
+
+
+# --- params deps: the keys each stage reads after the preset is resolved -----------------
+
+
+def _stage_instances() -> dict[str, dict]:
+    """Every stage of dvc.yaml, a ``foreach`` stage once per item of params.yaml (``${item}`` filled in)."""
+    raw_params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        key = stage["foreach"].strip("${}")
+        items = raw_params
+        for part in key.split("."):
+            items = items[part]
+        for item in items:
+            text = yaml.safe_dump(stage["do"]).replace("${item}", str(item))
+            out[f"{name}@{item}"] = yaml.safe_load(text)
+    return out
+
+
+def _tracked_keys(stage: dict) -> dict[str, list[str]]:
+    """params file -> the keys a stage tracks in it (``None``: the whole file)."""
+    out: dict[str, list[str] | None] = {}
+    for entry in stage.get("params", []):
+        if isinstance(entry, str):
+            out.setdefault("params.yaml", []).append(entry)
+        else:
+            ((path, keys),) = entry.items()
+            out[path] = keys
+    return out
+
+
+def _lookup(data: dict, dotted: str):
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def _tracked_values(raw_params: dict) -> dict[str, dict]:
+    """What every stage's params deps would read, from params.yaml contents ``raw_params``."""
+    from ouroboros3d.config import params_from_dict, resolved_params
+
+    resolved = resolved_params(params_from_dict(raw_params))
+    return {
+        name: {key: _lookup(resolved, key) for key in _tracked_keys(stage).get(RESOLVED, [])}
+        for name, stage in _stage_instances().items()
+    }
+
+
+RESOLVED = "results/resolved_params.yaml"
+
+
+def test_only_the_resolve_stage_reads_params_yaml_the_others_read_resolved_keys_that_exist():
+    from ouroboros3d.config import RESOLVED_PARAMS, load_params, resolved_params
+
+    assert RESOLVED == RESOLVED_PARAMS
+    resolved = resolved_params(load_params(ROOT / "params.yaml"))
+    for name, stage in _stage_instances().items():
+        files = _tracked_keys(stage)
+        if name == "resolve_params":
+            assert files == {"params.yaml": None}
+            assert stage["outs"] == [{RESOLVED: {"cache": False}}]
+            continue
+        assert set(files) <= {RESOLVED}, f"{name} tracks params outside the resolved file: {sorted(files)}"
+        for key in files.get(RESOLVED, []):
+            assert key.split(".")[0] not in ("preset", "presets"), f"{name} tracks {key}"
+            _lookup(resolved, key)  # a KeyError names a key that does not exist after resolution
+
+
+def test_editing_an_inactive_preset_changes_no_stage_but_the_active_preset_does():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["preset"] == "cpu-small"
+    before = _tracked_values(raw)
+
+    edited = copy.deepcopy(raw)
+    edited["presets"]["gpu-medium"]["train"]["steps"] += 1
+    edited["presets"]["paper"]["model"]["reconstructor"]["layers_per_block"] = 3
+    assert _tracked_values(edited) == before
+
+    active = copy.deepcopy(raw)
+    active["presets"]["cpu-small"] = {"train": {"steps": raw["train"]["steps"] + 1}}
+    after = _tracked_values(active)
+    changed = sorted(name for name in before if after[name] != before[name])
+    assert changed == ["train", *(f"train_variant@{v}" for v in raw["train_variants"])]
+
+
+def test_the_committed_resolved_params_are_those_of_the_committed_params_yaml():
+    from ouroboros3d.config import load_params, resolved_params
+
+    committed = yaml.safe_load((ROOT / RESOLVED).read_text())
+    assert committed == resolved_params(load_params(ROOT / "params.yaml")), "run `dvc repro resolve_params`"

@@ -1,16 +1,36 @@
 """The training loop: it learns, it resumes exactly, it never mixes runs of other params."""
 
 import dataclasses
+import itertools
 import json
 
 import pytest
 import torch
 from conftest import SyntheticDataset, synthetic_batch, tiny_params
+from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model, training_fingerprint
 from ouroboros3d.perceptual import WeightsUnavailable, load_lpips
 from ouroboros3d.tracking import read_curves
-from ouroboros3d.training import batch_indices, checkpoint_metadata, train
+from ouroboros3d.training import (
+    EMA,
+    batch_indices,
+    checkpoint_metadata,
+    load_training_state,
+    lr_schedule,
+    save_training_state,
+    train,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    # accelerate keeps one process-wide state whose precision cannot change: a test of another
+    # precision in the same worker needs it reset (a training process trains at one precision)
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state()
 
 
 def _fresh(params):
@@ -64,8 +84,10 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     assert after[1] < before[1], (before, after)
 
 
-def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    params = tiny_params()  # 6 steps, checkpoint every 2
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, precision):
+    # bf16: CPU autocast, the paper preset's fp16 path but for its loss scaler (tested below)
+    params = tiny_params(train={"mixed_precision": precision})  # 6 steps, checkpoint every 2
     straight, _ = _run(params, tmp_path, "straight")
 
     # "kill" after 3 steps: the last checkpoint is at step 2, step 3 is lost and redone
@@ -124,3 +146,88 @@ def test_train_stage_stops_with_a_clear_error_when_lpips_is_asked_for_but_missin
     stage = load_script("train")
     assert stage.main(["--params", str(tmp_path / "params.yaml")]) == 2
     assert "LPIPS" in capsys.readouterr().err
+
+
+def test_bf16_autocast_is_in_effect(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    fp32 = _state(_run(tiny_params(train={"steps": 2, "checkpoint_every": 2}), tmp_path, "fp32")[0])
+    AcceleratorState._reset_state()
+    bf16_params = tiny_params(train={"steps": 2, "checkpoint_every": 2, "mixed_precision": "bf16"})
+    bf16 = _state(_run(bf16_params, tmp_path, "bf16")[0])
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
+
+
+def _ema_and_optimizer(model, params):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    return EMA(model, params.train.ema_decay), optimizer
+
+
+def test_the_checkpoint_leaves_out_frozen_weights_and_restores_the_rest(tmp_path):
+    params = tiny_params()
+    model = _fresh(params)
+    model.reconstructor.requires_grad_(False)  # as the paper preset's VAE and CLIP
+    ema, optimizer = _ema_and_optimizer(model, params)
+    path = tmp_path / "last.safetensors"
+    save_training_state(path, model, ema, optimizer, 3, "fp")
+    saved = {k[6:] for k in load_file(str(path)) if k.startswith("model.")}
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and not saved & frozen and saved | frozen == set(model.state_dict())
+
+    other = _fresh(dataclasses.replace(params, seed=1))
+    torch.manual_seed(1)
+    for p in other.parameters():
+        p.data.normal_()
+    other.reconstructor.requires_grad_(False)
+    reconstructor = _state(other.reconstructor)
+    assert load_training_state(path, other, *_ema_and_optimizer(other, params)) == 3
+    for k, v in model.state_dict().items():
+        if k not in frozen:
+            assert torch.equal(other.state_dict()[k], v), k
+    # the frozen weights are the model's own (rebuilt from their pretrained folders), untouched
+    assert all(torch.equal(v, other.reconstructor.state_dict()[k]) for k, v in reconstructor.items())
+
+    # a trainable weight missing from the file is an error, not a silent partial load
+    other.reconstructor.requires_grad_(True)
+    with pytest.raises(ValueError, match="does not match this model"):
+        load_training_state(path, other, *_ema_and_optimizer(other, params))
+
+
+def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
+    params = tiny_params()
+    model = _fresh(params)
+    ema, optimizer = _ema_and_optimizer(model, params)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    loss = sum(p.sum() for p in model.parameters() if p.requires_grad)
+    for _ in range(4):  # grows after 3 finite steps, and counts one more
+        optimizer.zero_grad()
+        scaler.scale(loss).backward(retain_graph=True)
+        scaler.step(optimizer)
+        scaler.update()
+    assert scaler.get_scale() == 2.0**11
+    save_training_state(tmp_path / "last.safetensors", model, ema, optimizer, 4, "fp", scaler)
+    restored = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=3)
+    load_training_state(tmp_path / "last.safetensors", model, ema, optimizer, scaler=restored)
+    assert restored.state_dict() == scaler.state_dict()
+
+
+def test_the_lr_schedule_is_a_lambda_lr_that_resumes_at_its_step():
+    params = tiny_params(train={"steps": 40, "warmup_steps": 5, "lr_decay_fraction": 0.5, "lr": 1e-3})
+    settings = params.train
+
+    def lrs(start, stop):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=settings.lr)
+        schedule = lr_schedule(optimizer, settings, start)
+        out = []
+        for _ in range(start, stop):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return out
+
+    straight = lrs(0, 40)
+    assert straight[0] == pytest.approx(settings.lr / 5) and straight[4] == pytest.approx(settings.lr)
+    assert straight[10] == settings.lr and straight[-1] == pytest.approx(0.1 * settings.lr, rel=0.06)
+    assert all(a <= b for a, b in itertools.pairwise(straight[:6]))  # warm-up rises
+    assert all(a >= b for a, b in itertools.pairwise(straight[20:]))  # cosine falls
+    assert lrs(17, 40) == straight[17:]  # a resumed run continues the same schedule exactly
