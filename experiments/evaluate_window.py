@@ -24,6 +24,7 @@ import pandas as pd
 
 from ouroboros3d.checkpoint import read_checkpoint_params
 from ouroboros3d.errors import UserError, guard
+from ouroboros3d.evaluation import run_name
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 
 MESH_COLUMNS = ("mesh_", "volume_iou")  # prefixes of the columns only Table 2's runs have
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if model_params.feedback or args.same_as is None:
         evaluate = Path(__file__).with_name("evaluate.py")
         return subprocess.run([sys.executable, str(evaluate), *rest], check=False).returncode
-    name = run.name or f"{run.variant}-fs{float(run.feedback_start)}"
+    name = run.name or run_name(run.variant, run.feedback_start)
     reuse(Path(args.same_as), Path(run.out) / name, name, run.variant, run.feedback_start)
     print(f"{name}: the model has no feedback, so this window is the run in {args.same_as} (reused)")
     return 0

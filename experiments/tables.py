@@ -14,233 +14,19 @@ need not be trained twice). Table 3: the main model sampled with feedback from
 ``feedback_start`` of the way on (0 = every step). Both tables add reference rows (G on the
 ground-truth views, the 1-step sample), the trivial baselines (the input view copied to every
 view, a blank white image) and, for geometry, the oracle (the ground-truth depth maps'
-points), all through the same metric code.
+points), all through the same metric code. The rules are in ouroboros3d/tables.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import math
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.errors import guard
-from ouroboros3d.io import atomic_write_bytes, atomic_write_text
-
-# Table 2 of the paper, 3DGS renders on GSO, keyed by (joint, fed-back maps)
-PAPER_TABLE2 = {
-    (False, ()): ("no joint training, no feedback", 20.012, 0.8465, 0.1287, 1.067, 0.0125, 0.0189),
-    (True, ()): ("joint training only", 20.549, 0.8651, 0.1183, 0.511, 0.0094, 0.0070),
-    (True, ("ccm",)): ("joint + CCM feedback", 21.325, 0.8937, 0.1092, 0.304, 0.0036, 0.0018),
-    (True, ("rgb",)): ("joint + RGB feedback", 21.542, 0.8871, 0.1103, 0.100, 0.0101, 0.0036),
-    (True, ("ccm", "rgb")): ("joint + CCM + RGB", 21.761, 0.9094, 0.0991, 0.009, 0.0028, 0.0002),
-}
-# Table 3 of the paper (3DGS renders), keyed by the fraction of the 25 steps before feedback starts
-PAPER_TABLE3 = {0.0: (21.761, 0.9094, 0.0991), 0.4: (21.633, 0.9099, 0.1021), 0.8: (20.805, 0.8957, 0.1101)}
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "cd": 4, "fscore": 3, "iou": 3}
-# reference rows, scored by the same metric code on the same objects as the run they come from
-TRIVIAL = {
-    "recon_gt": "reference: G on the ground-truth views (ceiling of the 3D columns)",
-    "x0": "reference: 1-step sample D(σ_max), the model's conditional mean",
-    "copy_input": "trivial: input view copied to every view",
-    "white": "trivial: blank white image",
-}
-
-
-def load_runs(eval_dir: str | Path) -> dict[str, dict]:
-    """``{run name: metrics.json}`` of every run folder under ``eval_dir``."""
-    if not Path(eval_dir).is_dir():
-        raise FileNotFoundError(f"{eval_dir}: no such folder of evaluation runs (run experiments/evaluate.py)")
-    runs = {}
-    for path in sorted(Path(eval_dir).glob("*/metrics.json")):
-        runs[path.parent.name] = json.loads(path.read_text())
-    return runs
-
-
-def switches(report: dict) -> tuple[bool, tuple[str, ...]]:
-    model = report["model"]
-    maps = tuple(sorted(model["feedback_maps"])) if model["feedback"] else ()
-    return bool(model["joint"]), maps
-
-
-def _digits(metric: str) -> int:
-    return next((d for k, d in DIGITS.items() if metric.split("@")[0].endswith(k)), 3)
-
-
-def cell(report: dict | None, column: str) -> str:
-    """``mean ± half-width`` of a column of a run, "unavailable", or "–" (not evaluated)."""
-    if report is None:
-        return "–"
-    stats = report["summary"].get(column)
-    if stats is None:
-        metric = column.split("_")[-1]
-        return "unavailable" if metric in report.get("unavailable", {}) else "–"
-    mean, low, high = (stats.get(k) for k in ("mean", "ci_low", "ci_high"))
-    if mean is None:
-        return "–"
-    d = _digits(column)
-    if low is None or high is None:
-        return f"{mean:.{d}f}"
-    return f"{mean:.{d}f} ± {(high - low) / 2:.{d}f}"
-
-
-def _paper(value: float | None, metric: str) -> str:
-    return "–" if value is None else f"{value:.{max(_digits(metric), 3)}f}"
-
-
-def _numbers(report: dict | None, column: str) -> dict:
-    stats = (report or {}).get("summary", {}).get(column) or {}
-    return {f"{column}_{k}": stats.get(k) for k in ("mean", "ci_low", "ci_high")}
-
-
-def _geometry_key(report: dict | None, threshold: float | None) -> str | None:
-    if report is None:
-        return None
-    thresholds = report["protocol"]["fscore_thresholds"]
-    t = threshold if threshold in thresholds else thresholds[len(thresholds) // 2]
-    return f"fscore@{t:g}"
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _row(label: str, run: str, report: dict | None, prefix: str, paper: tuple) -> tuple[dict, dict]:
-    """One table row (display strings) and its CSV numbers; ``paper`` = (psnr, ssim, lpips[, Δ...])."""
-    shown = {"setting": label, "run": run, "objects": report["objects"] if report else "–"}
-    numbers = {"setting": label, "run": run, "objects": report["objects"] if report else None}
-    for i, m in enumerate(("psnr", "ssim", "lpips")):
-        shown[f"3D {m.upper()}"] = cell(report, f"{prefix}_{m}")
-        shown[f"paper 3D {m.upper()}"] = _paper(paper[i] if paper else None, m)
-        values = {k.replace(prefix, "3d", 1): v for k, v in _numbers(report, f"{prefix}_{m}").items()}
-        numbers |= values | {f"paper_3d_{m}": paper[i] if paper else None}
-    return shown, numbers
-
-
-def _add_mv_and_geometry(shown_row: dict, report: dict | None, fkey: str | None) -> dict:
-    """Fill a row's MV PSNR/SSIM, CD and F-score cells; returns their numbers for the CSV."""
-    numbers: dict = {}
-    for m in ("psnr", "ssim"):
-        shown_row[f"MV {m.upper()}"] = cell(report, f"mv_{m}")
-        numbers |= _numbers(report, f"mv_{m}")
-    shown_row["CD"] = cell(report, "cd")
-    shown_row[fkey or "F-score"] = cell(report, fkey) if fkey else "–"
-    numbers |= _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
-    # the extracted mesh's geometry (Table 2's runs; protocol in ouroboros3d/metrics.py)
-    mesh = {"mesh_cd": "mesh CD", "volume_iou": "vol. IoU"} | ({f"mesh_{fkey}": f"mesh {fkey}"} if fkey else {})
-    for column, title in mesh.items():
-        shown_row[title] = cell(report, column)
-        numbers |= _numbers(report, column)
-    return numbers
-
-
-def table2(runs: dict[str, dict], variants: dict[str, tuple], threshold: float | None = 0.05):
-    """Rows of Table 2: ``variants`` = {name: (joint, maps)} in params order."""
-    main = runs.get("main")
-    fkey = _geometry_key(main or next(iter(runs.values()), None), threshold)
-    shown, numbers = [], []
-    placed = set()
-    for name, key in variants.items():
-        run, report = name, runs.get(name)
-        if report is None and main is not None and switches(main) == key:
-            run, report = "main", main
-        placed.add(run)
-        paper = PAPER_TABLE2.get(key)
-        label = paper[0] if paper else f"{name}: joint={key[0]}, feedback={'+'.join(key[1]) or 'none'}"
-        shown_run = run if report else f"{name} (not evaluated)"
-        s, n = _row(label, shown_run, report, "3d", paper[1:4] if paper else ())
-        for i, m in enumerate(("psnr", "ssim", "lpips")):
-            s[f"Δ {m.upper()}"] = cell(report, f"delta_{m}")
-            s[f"paper Δ {m.upper()}"] = _paper(paper[4 + i] if paper else None, m)
-            n |= _numbers(report, f"delta_{m}") | {f"paper_delta_{m}": paper[4 + i] if paper else None}
-        n |= _add_mv_and_geometry(s, report, fkey)
-        shown.append(s)
-        numbers.append(n)
-    if main is not None and "main" not in placed:
-        s, n = _row("main model (params' switches)", "main", main, "3d", ())
-        shown.append(s | {"CD": cell(main, "cd"), fkey or "F-score": cell(main, fkey) if fkey else "–"})
-        numbers.append(n)
-    _add_reference_rows(shown, numbers, main or next(iter(runs.values()), None), fkey)
-    return pd.DataFrame(shown).fillna(""), pd.DataFrame(numbers)
-
-
-def _add_reference_rows(shown: list, numbers: list, report: dict | None, fkey: str | None) -> None:
-    if report is None:
-        return
-    for prefix, label in TRIVIAL.items():
-        s, n = _row(label, report["name"], report, prefix, ())
-        shown.append(s)
-        numbers.append(n)
-    oracle = {"setting": "oracle geometry: ground-truth depth points", "run": report["name"]}
-    oracle |= {"objects": report["objects"], "CD": cell(report, "oracle_cd")}
-    if fkey:
-        oracle[fkey] = cell(report, f"oracle_{fkey}")
-    shown.append(oracle)
-    numbers.append(
-        {"setting": oracle["setting"], "run": report["name"]}
-        | _numbers(report, "oracle_cd")
-        | (_numbers(report, f"oracle_{fkey}") if fkey else {})
-    )
-
-
-def window_label(start: float, steps: int) -> str:
-    first = round(start * steps)
-    return "no feedback" if first >= steps else f"steps {first}-{steps}"
-
-
-def table3(runs: dict[str, dict], variant: str = "main", threshold: float | None = 0.05):
-    """Rows of Table 3: every run of ``variant`` by its feedback start (inference only, same weights)."""
-    chosen = sorted(
-        ((r["sample"]["feedback_start"], name, r) for name, r in runs.items() if r.get("variant") == variant),
-        key=lambda t: (t[0], t[1] != variant),
-    )
-    shown, numbers, seen = [], [], set()
-    fkey = _geometry_key(runs.get(variant) or (chosen[0][2] if chosen else None), threshold)
-    for start, name, report in chosen:
-        if start in seen:  # the same window twice (e.g. `main` and `main-fs0.0`): keep the first
-            continue
-        seen.add(start)
-        paper = next((v for k, v in PAPER_TABLE3.items() if math.isclose(k, start)), ())
-        label = f"{window_label(start, report['sample']['steps'])} (start {start:g})"
-        s, n = _row(label, name, report, "3d", paper)
-        n |= _add_mv_and_geometry(s, report, fkey)
-        shown.append(s)
-        numbers.append(n)
-    _add_reference_rows(shown, numbers, runs.get(variant), fkey)
-    return pd.DataFrame(shown).fillna(""), pd.DataFrame(numbers)
-
-
-def _notes(runs: dict[str, dict]) -> str:
-    any_run = runs.get("main") or next(iter(runs.values()), None)
-    if any_run is None:
-        return "No evaluation results found.\n"
-    unavailable = "".join(
-        f"- {k.upper()} unavailable: {v.get('reason', v)}\n" for k, v in any_run.get("unavailable", {}).items()
-    )
-    thresholds = ", ".join(f"{t:g}" for t in any_run["protocol"]["fscore_thresholds"])
-    return (
-        f"Ours: {any_run['objects']} eval objects at {any_run['model']['resolution']}², "
-        f"{any_run['sample']['steps']} sampling steps, mean ± half-width of the "
-        f"{any_run['protocol']['interval']}; the input view is excluded from the image metrics. "
-        "3D = renders of the final Gaussians at the eval cameras; MV = the generated views; "
-        "Δ = MV − 3D per object (signed; the paper's Δ column is as published). "
-        f"CD: Chamfer distance in unit-box units; F-score thresholds available: {thresholds} "
-        "(ouroboros3d/metrics.py has the protocol). Trivial rows: the image metrics of the "
-        "trivial prediction are in the 3D columns. Paper: GSO, 100 objects, 512², a fine-tuned SVD.\n" + unavailable
-    )
-
-
-def _csv(df: pd.DataFrame) -> bytes:
-    buffer = io.StringIO()
-    df.to_csv(buffer, index=False, lineterminator="\n")
-    return buffer.getvalue().encode()
+from ouroboros3d.io import atomic_write_text
+from ouroboros3d.tables import build_tables, load_runs, protocol_notes, variant_switches
 
 
 @guard
@@ -257,20 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     runs = load_runs(args.eval)
-    variants = {}
-    for name in params.variants:
-        vp = params.with_variant(name)
-        variants[name] = (vp.joint, tuple(sorted(vp.feedback_maps)) if vp.feedback else ())
+    notes = protocol_notes(runs)
     out = Path(args.out)
-    notes = _notes(runs)
-    for stem, title, (shown, numbers) in (
-        ("table2_ablation", "Table 2 analogue: ablation (3DGS renders and Δ)", table2(runs, variants, args.fscore)),
-        ("table3_feedback_window", "Table 3 analogue: feedback window at inference", table3(runs, "main", args.fscore)),
-    ):
-        body = _markdown(shown) if len(shown) else "(no runs)\n"
-        atomic_write_text(out / f"{stem}.md", f"# {title}\n\n{body}\n{notes}")
-        atomic_write_bytes(out / f"{stem}.csv", _csv(numbers))
-        print(f"# {title}\n\n{body}")
+    for table in build_tables(runs, variant_switches(params), args.fscore):
+        atomic_write_text(out / f"{table.stem}.md", table.markdown(notes))
+        atomic_write_text(out / f"{table.stem}.csv", table.csv())
+        print(f"# {table.title}\n\n{table.body()}")
     return 0
 
 

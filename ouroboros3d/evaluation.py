@@ -4,24 +4,50 @@
 per-object rows (the generated views, the final Gaussians' renders and geometry, the
 references: G on the ground-truth views, the 1-step sample, the oracle geometry and the
 trivial baselines) and per-step rows for the recorded objects (Figure 3).
+
+A whole run, as the `evaluate` stages do it: :func:`evaluate_objects` scores every object,
+:func:`run_report` makes its ``metrics.json`` (settings, protocol, t-intervals, what is
+unavailable and why), :func:`write_run` writes the run folder (``per_object.csv``,
+``metrics.json``, ``steps.csv``, ``steps.npz``) and :func:`dvc_metrics` the small metrics file
+DVC shows. They live here, beside the Evaluator whose state they read, so the stage script
+only parses its arguments and the protocol a table cites is the one the code ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm import tqdm
 
 from . import metrics
 from .config import Params
+from .data import layout
 from .data.sources import SourceUnavailableError
+from .io import atomic_write_bytes, atomic_write_text
 from .meshing import MeshError, gaussians_to_mesh
 from .model import sample
 
-__all__ = ["IMAGE_METRICS", "Evaluator", "dvc_metrics", "json_safe"]
+__all__ = [
+    "IMAGE_METRICS",
+    "Evaluator",
+    "dvc_metrics",
+    "evaluate_objects",
+    "json_safe",
+    "load_metric_networks",
+    "run_name",
+    "run_report",
+    "summary_line",
+    "write_run",
+]
 
 IMAGE_METRICS = ("psnr", "ssim", "lpips")
 
@@ -204,3 +230,150 @@ def dvc_metrics(summary: dict, fid, thresholds) -> dict:
     if isinstance(fid, dict) and "status" not in fid:  # numbers only: an unavailable FID stays in metrics.json
         out["fid"] = fid
     return json_safe(out)
+
+
+# --- a whole evaluation run (experiments/evaluate.py) ---------------------------------
+
+
+def run_name(variant: str, feedback_start: float | None = None) -> str:
+    """The results folder of a run: the variant, or ``<variant>-fs<start>`` (``main-fs0.4``) for a Table 3 window."""
+    return variant if feedback_start is None else f"{variant}-fs{float(feedback_start)}"
+
+
+def load_metric_networks(device) -> tuple:
+    """``(lpips, inception)`` on ``device``: LPIPS (alex) and the FID Inception, each a
+    :class:`~ouroboros3d.metrics.Unavailable` when its weights are not on this machine."""
+    lpips = metrics.load_lpips_metric()
+    if isinstance(lpips, torch.nn.Module):
+        lpips = lpips.to(device)
+    inception = metrics.load_inception()
+    if isinstance(inception, torch.nn.Module):
+        inception = inception.to(device)
+    return lpips, inception
+
+
+def evaluate_objects(
+    evaluator: Evaluator, dataset, object_ids: list[str], batch_size: int, *, seed: int, desc: str, progress: bool
+) -> tuple[list[dict], float]:
+    """Every object of ``object_ids`` (of ``dataset``, a MultiViewDataset) in batches of ``batch_size``:
+    the per-object rows and the wall time in seconds.
+
+    The global torch generator is seeded with ``seed`` first (each object's noise has its own
+    seed, see :func:`~ouroboros3d.metrics.object_seed`); ``progress`` shows a bar on stderr.
+    """
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    bar = tqdm(total=len(object_ids), desc=desc, unit="obj", disable=not progress, file=sys.stderr)
+    index = {oid: i for i, oid in enumerate(dataset.object_ids)}
+
+    def on_progress(info):
+        bar.set_postfix_str(f"step {info['i'] + 1}/{info['steps']}", refresh=False)
+
+    for start in range(0, len(object_ids), batch_size):
+        items = []
+        for oid in object_ids[start : start + batch_size]:
+            item = dataset[index[oid]]
+            item["source"] = layout.read_cameras(dataset.renders_dir / oid).get("source", "")
+            items.append(item)
+        rows += evaluator.run_batch(items, on_progress)
+        bar.update(len(items))
+    bar.close()
+    return rows, time.perf_counter() - t0
+
+
+def run_report(
+    evaluator: Evaluator,
+    rows: list[dict],
+    *,
+    name: str,
+    variant: str,
+    split: str,
+    model_params: Params,
+    object_ids: list[str],
+    wall_seconds: float,
+    batch_size: int,
+) -> dict:
+    """The run's ``metrics.json``: the model, the sampling settings, the protocol, the mean and
+    t-interval of every per-object column, FID, what is unavailable here and why, the timings."""
+    ev = evaluator.params.evaluation
+    columns = [c for c in rows[0] if c not in {"object_id", "source", "seed"}]
+    summary = metrics.summarize(rows, columns, ev.confidence)
+    fid = evaluator.fid()
+    unavailable = {}
+    if isinstance(evaluator.lpips, metrics.Unavailable):
+        unavailable["lpips"] = evaluator.lpips.to_json()
+    if isinstance(fid, metrics.Unavailable):
+        unavailable["fid"] = fid.to_json()
+    if evaluator.geometry_unavailable:
+        unavailable["geometry"] = {"status": "unavailable", "objects": evaluator.geometry_unavailable}
+    kwargs = evaluator.sample_kwargs
+    return {
+        "name": name,
+        "variant": variant,
+        "model": {
+            "feedback": model_params.feedback,
+            "feedback_maps": list(model_params.feedback_maps) if model_params.feedback else [],
+            "joint": model_params.joint,
+            "resolution": model_params.data.resolution,
+            "train_steps": model_params.train.steps,
+        },
+        "sample": {k: v for k, v in kwargs.items() if k != "sampler"} | {"sampler": evaluator.params.sample.sampler},
+        "split": split,
+        "objects": len(rows),
+        "object_ids": object_ids,
+        "protocol": {
+            "input_view_excluded": True,
+            "image_metrics": "mean over the non-input views of per-image PSNR/SSIM(/LPIPS alex), per object",
+            "fscore_thresholds": list(ev.fscore_thresholds),
+            "gt_points": ev.gt_points,
+            "recon_points": "final Gaussians' depth at all views (alpha > 0.5), back-projected",
+            "chamfer": "0.5 * (mean pred->gt + mean gt->pred nearest-neighbour distance), unit-box units",
+            "interval": f"{ev.confidence:.0%} t-interval over objects",
+            "seeds": "per object, from (seed, object id)",
+            "mesh": (
+                f"final Gaussians -> TSDF mesh (64³, 16 cameras at 64²); mesh_* from {ev.gt_points} points on it; "
+                f"volume_iou on a {ev.iou_grid}³ grid over [-0.6, 0.6]³"
+                if evaluator.mesh
+                else "not computed (Table 3 windows compare depth points)"
+            ),
+        },
+        "summary": summary,
+        "fid": fid if isinstance(fid, dict) else fid.to_json(),
+        "unavailable": unavailable,
+        "wall_seconds": wall_seconds,
+        "sampling_seconds": evaluator.seconds_sampling,
+        "seconds_per_object": wall_seconds / max(len(rows), 1),
+        "batch_size": batch_size,
+        "device": evaluator.device,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _csv(rows: list[dict]) -> str:
+    return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n")
+
+
+def write_run(out_dir: str | Path, rows: list[dict], report: dict, evaluator: Evaluator) -> None:
+    """The run folder, each file written atomically: ``per_object.csv``, ``metrics.json`` (strict
+    JSON: NaN -> null), and the recorded objects' ``steps.csv`` and ``steps.npz`` (uint8 renders)."""
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "per_object.csv", _csv(rows))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
+    atomic_write_text(out_dir / "steps.csv", _csv(evaluator.step_rows))
+    buffer = io.BytesIO()
+    arrays = {k: np.stack(v) if k != "object_ids" else np.array(v) for k, v in evaluator.step_arrays.items() if v}
+    np.savez_compressed(buffer, sigmas=np.array(evaluator.sigmas, dtype=np.float64), **arrays)
+    atomic_write_bytes(out_dir / "steps.npz", buffer.getvalue())
+
+
+def summary_line(report: dict) -> str:
+    """One line for the log: objects, time, the headline means, and what is unavailable."""
+    s, n, wall = report["summary"], report["objects"], report["wall_seconds"]
+    return (
+        f"{report['name']}: {n} objects in {wall:.0f} s ({wall / max(n, 1):.1f} s/object); "
+        f"MV PSNR {s['mv_psnr']['mean']:.2f}, 3D PSNR {s['3d_psnr']['mean']:.2f}, "
+        f"Δ {s['delta_psnr']['mean']:.3f}"
+        + (f", CD {s['cd']['mean']:.4f}" if "cd" in s else "")
+        + "".join(f"; {k} unavailable" for k in report["unavailable"])
+    )

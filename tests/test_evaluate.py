@@ -19,7 +19,7 @@ from conftest import load_script, tiny_raw
 from ouroboros3d.build import build_model
 from ouroboros3d.config import ParamsError, params_from_dict
 from ouroboros3d.data.pipeline import render_dataset
-from ouroboros3d.evaluation import dvc_metrics
+from ouroboros3d.evaluation import dvc_metrics, run_name
 from ouroboros3d.io import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +130,13 @@ def test_a_window_of_a_model_without_feedback_is_its_full_run(evaluated):
     # a model with feedback is evaluated for real
     assert window.main([*base[:-3], "--variant", "tiny", "--feedback-start", "0.5", "--name", "fed", *same_as]) == 0
     assert "reused_from" not in json.loads((evaluated / "eval" / "fed" / "metrics.json").read_text())
+
+
+def test_run_names_are_the_variant_or_its_feedback_window():
+    # the folder names dvc.yaml's evaluate_window stages and experiments/figures.py's defaults expect
+    assert run_name("main") == "main"
+    assert run_name("main", 0.4) == "main-fs0.4"
+    assert run_name("main", 1) == "main-fs1.0"  # an int start names the same folder as the float
 
 
 def test_evaluate_reports_a_missing_model(evaluated, capsys):

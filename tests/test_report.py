@@ -2,9 +2,9 @@
 
 import pandas as pd
 import pytest
-from conftest import ROOT, load_script
+from conftest import ROOT
 
-report = load_script("report")
+from ouroboros3d import reporting
 
 
 def _frame(values):
@@ -13,22 +13,61 @@ def _frame(values):
 
 def test_paired_difference_and_t_interval_by_hand():
     a, b = _frame([3.0, 5.0, 4.0]), _frame([1.0, 2.0, 3.0])
-    d = report.paired(a, b, "x")  # differences 2, 3, 1: mean 2, sd 1, t(0.975, 2) = 4.3027
+    d = reporting.paired(a, b, "x")  # differences 2, 3, 1: mean 2, sd 1, t(0.975, 2) = 4.3027
     assert d["n"] == 3 and d["mean"] == pytest.approx(2.0)
     assert d["hi"] - d["mean"] == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
     # only shared objects are paired
-    assert report.paired(a, _frame([1.0, 2.0]), "x")["n"] == 2
+    assert reporting.paired(a, _frame([1.0, 2.0]), "x")["n"] == 2
 
 
 def test_verdict_needs_the_interval_to_exclude_zero():
-    assert report.verdict({"mean": 1.0, "lo": 0.2, "hi": 1.8}, higher_is_better=True) == "better"
-    assert report.verdict({"mean": 1.0, "lo": 0.2, "hi": 1.8}, higher_is_better=False) == "worse"
-    assert report.verdict({"mean": 1.0, "lo": -0.2, "hi": 2.2}, higher_is_better=True) == "no detectable difference"
-    assert report.verdict(None, True) == "not measured"
+    assert reporting.verdict({"mean": 1.0, "lo": 0.2, "hi": 1.8}, higher_is_better=True) == "better"
+    assert reporting.verdict({"mean": 1.0, "lo": 0.2, "hi": 1.8}, higher_is_better=False) == "worse"
+    assert reporting.verdict({"mean": 1.0, "lo": -0.2, "hi": 2.2}, higher_is_better=True) == "no detectable difference"
+    assert reporting.verdict(None, True) == "not measured"
 
 
 def test_template_placeholders_must_all_be_filled(tmp_path, params):
     with pytest.raises(KeyError, match="nonsense"):
-        report.render_report("{{setup}} {{nonsense}}", params, tmp_path)
-    text = report.render_report((ROOT / "paper" / "report_template.md").read_text(), params, tmp_path)
+        reporting.render_report("{{setup}} {{nonsense}}", params, tmp_path)
+    text = reporting.render_report((ROOT / "paper" / "report_template.md").read_text(), params, tmp_path)
     assert "{{" not in text and "not measured" in text
+
+
+def _per_object_csv(results, run, **columns):
+    folder = results / "eval" / run
+    folder.mkdir(parents=True)
+    ids = [f"o{i}" for i in range(len(next(iter(columns.values()))))]
+    pd.DataFrame({"object_id": ids, **columns}).to_csv(folder / "per_object.csv", index=False)
+
+
+def test_claims_pair_the_runs_per_object_and_say_when_one_is_missing(tmp_path):
+    step = [1.0, 1.1, 0.9, 1.0, 1.05]  # main - no feedback: clearly above zero
+    psnr = [20.0, 21.0, 22.0, 23.0, 24.0]
+    cd = [0.1, 0.2, 0.1, 0.2, 0.1]
+    _per_object_csv(
+        tmp_path,
+        "main",
+        **{"3d_psnr": psnr, "mv_psnr": [p - s for p, s in zip(psnr, step, strict=True)], "cd": cd},
+        copy_input_psnr=[30.0] * 5,
+    )
+    _per_object_csv(
+        tmp_path,
+        "main-fs1.0",
+        **{"3d_psnr": [p - s for p, s in zip(psnr, step, strict=True)], "mv_psnr": psnr},
+        cd=[c + d for c, d in zip(cd, [0.01, -0.01, 0.02, -0.02, 0.0], strict=True)],
+    )
+    table = reporting.claims_table(tmp_path, ["baseline"])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    verdicts = {(claim, metric): (diff, verdict) for claim, metric, diff, verdict in rows}
+    # differences 1, 1.1, 0.9, 1, 1.05: mean 1.01, sd 0.0742, t(0.975, 4) = 2.776: ± 0.092
+    assert rows[0][1:] == ["3d_psnr", "+1.01 [+0.92, +1.10] (n=5)", "better"]
+    assert verdicts[("... and the 3D geometry", "cd")][1] == "no detectable difference"
+    assert verdicts[("... and the multi-view images", "mv_psnr")][1] == "worse"
+    baseline = "the full model beats no joint training / no feedback (Table 2, row 1 vs 5)"
+    assert verdicts[(baseline, "3d_psnr")] == ("–", "not measured (run missing)")  # no results/eval/baseline
+    sanity = "(sanity) 3D renders beat copying the input view into every view"
+    assert verdicts[(sanity, "3d_psnr − copy_input_psnr")][1] == "worse"
+    # the white baseline was not scored: no row for it
+    assert not any("white" in r[1] for r in rows)
+    assert rows[-1][2] == "-1.01 dB over 5 objects"
