@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -29,8 +28,9 @@ from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.errors import guard
-from ouroboros3d.io import atomic_write_text, save_weights
 from ouroboros3d.perceptual import load_lpips
+from ouroboros3d.pipeline import Ouroboros3DPipeline
+from ouroboros3d.tracking import read_metrics
 from ouroboros3d.training import train
 from ouroboros3d.validation import reconstruction_scores, stack_items, validation_scores
 
@@ -97,8 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     if not PartialState().is_main_process:
         return 0  # under `accelerate launch`, rank 0 alone writes the model
     summary.pop("ema").copy_to(model)
-    save_weights(model, out / "model.safetensors")
-    atomic_write_text(out / "params.json", json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
+    log_dir = Path("results/train") / name
+    run = {k: summary[k] for k in ("steps", "finished", "seconds", "settings")}
+    run |= {
+        "run": name,
+        "objective": objective,
+        "objects": len(dataset),
+        "init": {k: v and str(v) for k, v in init.items()},
+    }
+    run |= {"metrics": read_metrics(log_dir), "metrics_file": str(log_dir / "metrics.json")}
+    Ouroboros3DPipeline.from_model(model, params).save_pretrained(out, training=run)
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; final loss {summary['final_losses']}")
     return 0
 

@@ -2,8 +2,10 @@
 fingerprint what shapes its training.
 
 One initialisation path serves every preset (:func:`initialise`): F and G each start from a
-local folder, either a model this project trained (``model.safetensors`` + ``params.json``,
-e.g. the pretraining stages' ``models/pretrain/denoiser``) or, for F, a diffusers UNet folder
+local folder, either a model this project trained (what
+:meth:`~ouroboros3d.pipeline.Ouroboros3DPipeline.save_pretrained` writes: ``params.json`` and
+per-component ``denoiser/``, ``reconstructor/`` subfolders, e.g. the pretraining stages'
+``models/pretrain/denoiser``) or, for F, a diffusers UNet folder
 (SVD's ``unet``, the paper preset). Fine-tuning starts exactly from those weights; parts the
 pretrained model lacks (feedback networks) keep their zero-output initialisation.
 """
@@ -23,10 +25,12 @@ from .model import Ouroboros3D
 
 __all__ = [
     "InitError",
+    "assemble_model",
     "build_model",
     "build_reconstructor",
     "denoiser_config",
     "initialise",
+    "reconstructor_kwargs",
     "training_fingerprint",
 ]
 
@@ -50,6 +54,7 @@ def denoiser_config(params: Params):
 
 
 def build_model(params: Params) -> Ouroboros3D:
+    """The model the params describe, freshly initialised (global RNG: the autoencoder, then F, then G)."""
     from .autoencoder import PixelAutoencoder, VAEAutoencoder
     from .denoiser import MultiViewDenoiser
 
@@ -57,10 +62,15 @@ def build_model(params: Params) -> Ouroboros3D:
         PixelAutoencoder() if params.model.latent == "pixel" else VAEAutoencoder.from_folder(params.model.vae_path)
     )
     net = MultiViewDenoiser(denoiser_config(params))
+    return assemble_model(params, autoencoder, net, build_reconstructor(params))
+
+
+def assemble_model(params: Params, autoencoder, denoiser_net, reconstructor) -> Ouroboros3D:
+    """:class:`Ouroboros3D` of given parts (built or loaded) with the rest of the params."""
     return Ouroboros3D(
         autoencoder,
-        net,
-        build_reconstructor(params),
+        denoiser_net,
+        reconstructor,
         recon_views=params.model.recon_views,
         ccm_norm=params.ccm.normalization,
         joint=params.joint,
@@ -73,8 +83,13 @@ def build_reconstructor(params: Params):
     """G as ``model.reconstructor`` sizes it; timestep-conditioned when trained jointly."""
     from .reconstructor import Reconstructor
 
+    return Reconstructor(**reconstructor_kwargs(params))
+
+
+def reconstructor_kwargs(params: Params) -> dict:
+    """The arguments :func:`build_reconstructor` gives :class:`~ouroboros3d.reconstructor.Reconstructor`."""
     r = params.model.reconstructor
-    return Reconstructor(
+    return dict(
         in_views=len(params.model.recon_views),
         image_size=r.image_size,
         splat_size=r.splat_size,
@@ -112,24 +127,34 @@ def _differences(a, b, key: str = "") -> list[str]:
     return [] if a == b else [f"{key}: {a!r} there, {b!r} here"]
 
 
-def _pretrained_state(folder: Path, params: Params, prefix: str) -> dict[str, torch.Tensor]:
-    """The ``prefix`` tensors of a model folder, refused when its params describe another architecture."""
+def _pretrained_state(folder: Path, params: Params, part: str) -> dict[str, torch.Tensor]:
+    """The saved weights of component ``part`` ("denoiser", "reconstructor") of a model folder
+    (:meth:`ouroboros3d.pipeline.Ouroboros3DPipeline.save_pretrained`), refused when its
+    params.json describes another architecture."""
     from safetensors.torch import load_file
 
-    weights, meta = folder / "model.safetensors", folder / "params.json"
-    if not weights.is_file() or not meta.is_file():
-        raise InitError(f"{folder}: expected model.safetensors and params.json (a trained ouroboros3d model)")
+    from .io import WEIGHTS_NAME
+
+    weights, meta = folder / part / WEIGHTS_NAME, folder / "params.json"
+    expected = f"expected {part}/{WEIGHTS_NAME} and params.json (a model saved by the train stage)"
+    if not meta.is_file():
+        raise InitError(f"{folder}: {expected}")
     diffs = _differences(_architecture(json.loads(meta.read_text())), _architecture(dataclasses.asdict(params)))
     if diffs:
         raise InitError(f"{folder} was trained with other params ({'; '.join(diffs[:3])}): re-run its stage")
-    return {k.removeprefix(prefix): v for k, v in load_file(str(weights)).items() if k.startswith(prefix)}
+    if not weights.is_file():
+        raise InitError(f"{folder}: {expected}")
+    return load_file(str(weights))
 
 
 def _load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, allow_new: tuple[str, ...]):
+    """Load ``state`` into ``module``: every tensor must fit, and only the parts ``allow_new`` names
+    (and frozen parts loaded from their own folders, which a saved model does not hold) may be absent."""
     own = module.state_dict()
+    frozen = tuple(f"{name}." for name in module.frozen_parts())
     unknown = sorted(set(state) - set(own))
     shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_new))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_new + frozen))
     if unknown or shapes or missing or not state:
         what = (
             (unknown and f"unexpected {unknown[:2]}")
@@ -152,11 +177,11 @@ def initialise(model: Ouroboros3D, params: Params, denoiser: str | Path | None =
         if (folder / "config.json").is_file():
             model.denoiser.net.load_pretrained_unet(folder)
         else:
-            state = _pretrained_state(folder, params, "denoiser.net.")
+            state = _pretrained_state(folder, params, "denoiser")
             _load_part(model.denoiser.net, state, folder, allow_new=("feedback_networks.",))
     if reconstructor is not None:
         folder = Path(reconstructor)
-        _load_part(model.reconstructor, _pretrained_state(folder, params, "reconstructor."), folder, allow_new=())
+        _load_part(model.reconstructor, _pretrained_state(folder, params, "reconstructor"), folder, allow_new=())
 
 
 def _file_digest(path: Path) -> str:
@@ -167,6 +192,17 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _folder_digest(folder: Path) -> str:
+    """A hash of every safetensors file in a model folder (its components' subfolders included)."""
+    files = sorted(folder.rglob("*.safetensors"))
+    if not files:
+        raise InitError(f"{folder}: no weights (*.safetensors) to start from")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder).as_posix()}:{_file_digest(path)};".encode())
+    return digest.hexdigest()
+
+
 def training_fingerprint(params: Params, init: tuple[str | Path | None, ...] = ()) -> str:
     """A hash of every param that changes what training computes, and of the weights it starts
     from (``init`` folders); resume only on a match."""
@@ -174,7 +210,7 @@ def training_fingerprint(params: Params, init: tuple[str | Path | None, ...] = (
     raw = dataclasses.asdict(params)
     # the training objects too: a run on other data must never resume this one's checkpoint
     blob = {k: raw[k] for k in keys} | {"resolution": params.data.resolution, "train_data": raw["data"]["train"]}
-    starts = [_file_digest(Path(f) / "model.safetensors") for f in init if f is not None]
+    starts = [_folder_digest(Path(f)) for f in init if f is not None]
     if starts:
         blob["init"] = starts
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,63 +1,88 @@
-"""A trained model on disk for inference: a folder with ``model.safetensors`` and ``params.json``.
+"""A trained model on disk for inference: the folder :class:`~ouroboros3d.pipeline.Ouroboros3DPipeline` saves.
 
-What the train stage writes to ``models/<variant>/``. :func:`load_checkpoint` rebuilds the
-model the params describe and loads its weights; every failure (missing files, params of
-another version, a truncated file, an unavailable device) is a one-line
-:class:`~ouroboros3d.errors.GenerationError`.
+What the train stage writes to ``models/<variant>/`` (layout in :mod:`ouroboros3d.pipeline`):
+``model_index.json``, ``params.json``, the model card ``README.md`` and one diffusers
+subfolder per component. :func:`read_checkpoint_params` reads the params alone (cheap: the
+CLI checks a checkpoint before loading it); :func:`load_checkpoint` is
+:meth:`Ouroboros3DPipeline.from_pretrained <ouroboros3d.pipeline.Ouroboros3DPipeline.from_pretrained>`.
+Every failure (a missing folder or file, params of another version, bad JSON, weights that
+do not fit, an unavailable device) is a one-line :class:`~ouroboros3d.errors.GenerationError`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import Params, ParamsError, params_from_resolved
 from .errors import GenerationError, one_line
-from .io import load_weights
-from .model import Ouroboros3D
+
+if TYPE_CHECKING:
+    from .pipeline import Ouroboros3DPipeline
 
 __all__ = [
+    "CARD_FILE",
     "DEFAULT_CHECKPOINT",
+    "INDEX_FILE",
     "PARAMS_FILE",
-    "WEIGHTS_FILE",
-    "Checkpoint",
+    "check_device",
     "load_checkpoint",
     "read_checkpoint_params",
+    "read_json",
 ]
 
 DEFAULT_CHECKPOINT = "models/main"
-WEIGHTS_FILE = "model.safetensors"
-PARAMS_FILE = "params.json"
+INDEX_FILE = "model_index.json"  # diffusers' pipeline index: which class each component folder holds
+PARAMS_FILE = "params.json"  # the resolved params the model was trained with
+CARD_FILE = "README.md"  # the model card
+HINT = (
+    "train one with `dvc repro`, or pass --checkpoint: a folder saved by Ouroboros3DPipeline.save_pretrained "
+    "(model_index.json, params.json, denoiser/ and reconstructor/ with config.json and "
+    "diffusion_pytorch_model.safetensors)"
+)
 
 
-@dataclass
-class Checkpoint:
-    """A model built from a checkpoint's params.json with its weights loaded, in eval mode."""
-
-    model: Ouroboros3D
-    params: Params
-    weights_path: Path
-    device: str
-
-
-def _resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        weights, params_file = path, path.parent / PARAMS_FILE
-    else:
-        weights, params_file = path / WEIGHTS_FILE, path / PARAMS_FILE
-    hint = "train one with `dvc repro`, or pass --checkpoint: a folder with model.safetensors and params.json"
-    if not weights.is_file():
-        raise GenerationError(f"checkpoint not found: {weights} ({hint})")
-    if not params_file.is_file():
-        raise GenerationError(f"checkpoint {weights} has no {PARAMS_FILE} beside it ({hint})")
-    return weights, params_file
+def read_json(path: Path) -> Any:
+    """A JSON file's content; a missing file or bad JSON is a one-line GenerationError."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GenerationError(f"checkpoint file not found: {path} ({HINT})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenerationError(f"{path} is not valid JSON: {one_line(e)}") from None
 
 
-def _check_device(device: str) -> str:
+def _model_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise GenerationError(f"checkpoint not found: {folder} is not a folder ({HINT})")
+    if not (folder / INDEX_FILE).is_file():
+        if (folder / "model.safetensors").is_file():
+            raise GenerationError(
+                f"checkpoint not found: {folder} holds a model saved in the old single-file layout "
+                f"(model.safetensors), which this version does not read; re-run its train stage ({HINT})"
+            )
+        raise GenerationError(f"checkpoint not found: {folder} has no {INDEX_FILE} ({HINT})")
+    if not (folder / PARAMS_FILE).is_file():
+        raise GenerationError(f"checkpoint {folder} has no {PARAMS_FILE} ({HINT})")
+    return folder
+
+
+def read_checkpoint_params(checkpoint: str | Path = DEFAULT_CHECKPOINT) -> tuple[Path, Params]:
+    """The model folder and the :class:`Params` rebuilt from its params.json (no weights read)."""
+    folder = _model_folder(checkpoint)
+    params_file = folder / PARAMS_FILE
+    try:
+        return folder, params_from_resolved(read_json(params_file))
+    except ParamsError as e:
+        raise GenerationError(f"{params_file}: {one_line(e)}") from None
+
+
+def check_device(device: str | torch.device) -> str:
+    """``device`` as a string, or a GenerationError when it is unknown or unavailable."""
     device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GenerationError(f"device {device!r} requested but CUDA is not available; use --device cpu")
@@ -68,36 +93,12 @@ def _check_device(device: str) -> str:
     return device
 
 
-def read_checkpoint_params(checkpoint: str | Path = DEFAULT_CHECKPOINT) -> tuple[Path, Params]:
-    """The weights file of a checkpoint and the :class:`Params` rebuilt from the params.json beside it."""
-    weights, params_file = _resolve_checkpoint(checkpoint)
-    try:
-        return weights, params_from_resolved(json.loads(params_file.read_text()))
-    except json.JSONDecodeError as e:
-        raise GenerationError(f"{params_file} is not valid JSON: {one_line(e)}") from None
-    except ParamsError as e:
-        raise GenerationError(f"{params_file}: {one_line(e)}") from None
+def load_checkpoint(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu") -> Ouroboros3DPipeline:
+    """The model folder ``checkpoint`` loaded on ``device`` in eval mode:
+    :meth:`Ouroboros3DPipeline.from_pretrained <ouroboros3d.pipeline.Ouroboros3DPipeline.from_pretrained>`.
 
-
-def load_checkpoint(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu") -> Checkpoint:
-    """Build the model a checkpoint's params.json describes and load its weights.
-
-    ``checkpoint`` is a folder holding ``model.safetensors`` and ``params.json`` (what the
-    train stage writes to ``models/<variant>/``) or the ``.safetensors`` file itself.
+    The result's ``model`` is the :class:`~ouroboros3d.model.Ouroboros3D` and ``params`` its params.
     """
-    from .build import build_model
+    from .pipeline import Ouroboros3DPipeline
 
-    device = _check_device(device)
-    weights, params = read_checkpoint_params(checkpoint)
-    params_file = weights.parent / PARAMS_FILE
-    try:
-        model = build_model(params)
-    except Exception as e:  # a missing VAE/SVD folder, an unknown preset...
-        raise GenerationError(f"cannot build the model of {params_file}: {one_line(e)}") from None
-    try:
-        load_weights(model, weights)
-    except ValueError as e:
-        raise GenerationError(one_line(e)) from None
-    except Exception as e:  # a truncated or foreign file
-        raise GenerationError(f"cannot read weights {weights}: {one_line(e)}") from None
-    return Checkpoint(model.to(device).eval(), params, weights, device)
+    return Ouroboros3DPipeline.from_pretrained(checkpoint, device=device)

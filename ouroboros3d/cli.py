@@ -76,7 +76,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         type=Path,
         default=Path("models/main"),
-        help="folder with model.safetensors + params.json, or the .safetensors file (default: models/main)",
+        help="a model folder as the train stage writes it (model_index.json, params.json, denoiser/, "
+        "reconstructor/; default: models/main)",
     )
     p.add_argument(
         "--out",

@@ -43,10 +43,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNetSpatioTemporalConditionModel
+from diffusers import ConfigMixin, ModelMixin, UNetSpatioTemporalConditionModel
 from torch import nn
 
 from .feedback import FeedbackNetwork
+from .io import PretrainedMixin
 
 __all__ = [
     "FEEDBACK_MAPS",
@@ -258,7 +259,7 @@ class CameraEmbedding(nn.Module):
 # --- the denoiser ------------------------------------------------------------------------
 
 
-class MultiViewDenoiser(nn.Module):
+class MultiViewDenoiser(PretrainedMixin, ModelMixin, ConfigMixin):
     """``F(x; c_noise, conditioning)``: V views denoised jointly by SVD's UNet.
 
     Submodules: ``unet`` (a plain ``UNetSpatioTemporalConditionModel``, so SVD's weights
@@ -267,11 +268,21 @@ class MultiViewDenoiser(nn.Module):
     when built without feedback) and ``image_encoder`` (None for ``image_encoder="none"``;
     a frozen CLIP's parameters have ``requires_grad=False``, so optimise only parameters
     that require gradients).
+
+    A diffusers model: built from a :class:`DenoiserConfig` (``MultiViewDenoiser(config)``)
+    or its fields as keywords; ``self.config`` is that config as diffusers' JSON-serialisable
+    dict and ``self.spec`` the :class:`DenoiserConfig`. ``save_pretrained`` writes the
+    trainable weights: a frozen CLIP is referenced by ``image_encoder_path``, not saved.
     """
 
-    def __init__(self, config: DenoiserConfig):
+    def __init__(self, config: DenoiserConfig | None = None, **fields: Any):
         super().__init__()
-        self.config = config
+        if config is None:
+            config = DenoiserConfig(**fields)
+        elif fields:
+            raise TypeError("give a DenoiserConfig or its fields as keywords, not both")
+        self.register_to_config(**dataclasses.asdict(config))
+        self.spec = config
         c = config.latent_channels
         self.unet = UNetSpatioTemporalConditionModel(
             sample_size=config.sample_size,
@@ -321,6 +332,23 @@ class MultiViewDenoiser(nn.Module):
                 config.image_encoder_path,
             )
         )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], return_unused_kwargs: bool = False, **kwargs: Any):
+        """The denoiser a config dict (``self.config``, a saved ``config.json``) describes."""
+        fields = {f.name for f in dataclasses.fields(DenoiserConfig)}
+        values = {k: v for k, v in {**config, **kwargs}.items() if not k.startswith("_")}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
+        model = cls(DenoiserConfig(**values))
+        return (model, {}) if return_unused_kwargs else model
+
+    def frozen_parts(self) -> dict[str, str]:
+        """The frozen CLIP image encoder, loaded from ``image_encoder_path``: not saved."""
+        if self.spec.image_encoder == "clip":
+            return {"image_encoder.clip": str(self.spec.image_encoder_path)}
+        return {}
 
     # -- conditioning helpers --
 

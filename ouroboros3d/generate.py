@@ -14,7 +14,8 @@ The Python API (usable from notebooks)::
 
 ``ouroboros3d generate IMAGE`` (:mod:`ouroboros3d.cli`) is a thin wrapper around these two.
 
-The parts live in small modules: :mod:`ouroboros3d.checkpoint` (loading a trained model),
+The parts live in small modules: :mod:`ouroboros3d.checkpoint` (loading a trained model, an
+:class:`~ouroboros3d.pipeline.Ouroboros3DPipeline`),
 :mod:`ouroboros3d.images` (the picture to the model's input view), this module (Algorithm 2
 on it) and :mod:`ouroboros3d.exports` (the files). Their public names are re-exported here.
 
@@ -24,19 +25,20 @@ checkpoint, an unavailable device) raises :class:`GenerationError` with a one-li
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .cameras import RenderSettings, object_cameras
-from .checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint, read_checkpoint_params
+from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_checkpoint_params
 from .config import Params
 from .errors import GenerationError
 from .exports import write_outputs
@@ -44,9 +46,11 @@ from .gaussians import Gaussians
 from .images import PreparedImage, prepare_image, target_fill
 from .model import Reconstruction, StepRecord, sample, sample_kwargs
 
+if TYPE_CHECKING:
+    from .pipeline import Ouroboros3DPipeline
+
 __all__ = [
     "DEFAULT_CHECKPOINT",
-    "Checkpoint",
     "GenerationError",
     "GenerationResult",
     "PreparedImage",
@@ -116,7 +120,7 @@ def _to_cpu_record(record: StepRecord) -> StepRecord:
 
 def generate(
     image: str | Path | Image.Image | np.ndarray,
-    checkpoint: str | Path | Checkpoint = DEFAULT_CHECKPOINT,
+    checkpoint: str | Path | Ouroboros3DPipeline = DEFAULT_CHECKPOINT,
     *,
     steps: int | None = None,
     elevation: float | None = None,
@@ -132,14 +136,15 @@ def generate(
 
     Args:
         image: a path, PIL image or (H, W, 3|4) array; see :func:`prepare_image`.
-        checkpoint: a folder with model.safetensors + params.json, the .safetensors file, or a
-            :class:`Checkpoint` already loaded (to generate many images without reloading).
+        checkpoint: a model folder (what the train stage writes: see :mod:`ouroboros3d.pipeline`)
+            or an :class:`~ouroboros3d.pipeline.Ouroboros3DPipeline` already loaded (to generate
+            many images without reloading).
         steps: denoising steps (default: the checkpoint's ``sample.steps``, 25 as the paper).
         elevation: camera elevation in degrees (default :func:`default_elevation`).
         seed: the initial noise's seed; the same seed gives the same views.
         feedback: False zeroes the 3D feedback maps at every step (``feedback_start = 1``),
             for comparison; G still reconstructs at every step.
-        device: "cpu" or "cuda" (ignored when a loaded :class:`Checkpoint` is given).
+        device: "cpu" or "cuda" (ignored when a loaded pipeline is given).
         strip_steps: how many evenly spaced steps to keep in ``result.steps``.
         progress: True shows a tqdm bar over the steps; a callable gets ``sample``'s
             per-step info dicts instead.
@@ -151,7 +156,8 @@ def generate(
     """
     timings: dict[str, float] = {}
     # the image is checked before the (slower) model build, so a bad input fails at once
-    params = checkpoint.params if isinstance(checkpoint, Checkpoint) else read_checkpoint_params(checkpoint)[1]
+    loaded = not isinstance(checkpoint, (str, os.PathLike))
+    params = checkpoint.params if loaded else read_checkpoint_params(checkpoint)[1]
     t0 = time.perf_counter()
     prepared = prepare_image(image, params.data.resolution, target_fill(params))
     timings["prepare_image"] = time.perf_counter() - t0
@@ -166,7 +172,7 @@ def generate(
         raise GenerationError(f"mesh_resolution must be >= 4, got {mesh_resolution}")
 
     t0 = time.perf_counter()
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
+    ckpt = checkpoint if loaded else load_checkpoint(checkpoint, device)
     timings["load_checkpoint"] = time.perf_counter() - t0
     model = ckpt.model
     notes = []
@@ -194,7 +200,7 @@ def generate(
         elif callable(progress):
             progress(info)
 
-    dev = ckpt.device
+    dev = str(ckpt.device)
     feedback_start = params.sample.feedback_start if feedback else 1.0
     generator = torch.Generator().manual_seed(int(seed))
     t0 = time.perf_counter()
@@ -222,7 +228,7 @@ def generate(
 
     settings = {
         "image": prepared.source,
-        "checkpoint": str(ckpt.weights_path),
+        "checkpoint": ckpt.name_or_path,
         "preset": params.preset,
         "device": dev,
         "seed": int(seed),

@@ -1,7 +1,9 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of either."""
+"""Atomic file writes (a crash leaves the old file or the new one, never half of either), and
+the parts of the model saved the diffusers way (:class:`PretrainedMixin`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,7 +11,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "load_weights", "save_tensors", "save_weights"]
+from .errors import one_line
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "PretrainedMixin",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_state",
+    "save_tensors",
+]
 
 
 TMP_PREFIX = ".tmp-"  # what an interrupted write leaves; ouroboros3d.data.layout cleans these up
@@ -44,14 +56,85 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     _atomic(Path(path), lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
-def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    save_tensors(path, model.state_dict())
+# --- a component saved the diffusers way ---------------------------------------------------
+
+CONFIG_NAME = "config.json"  # diffusers' names: what ModelMixin.save_pretrained writes
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load weights saved by :func:`save_weights`; a mismatch names the differing keys/shapes."""
-    state = load_file(str(path))
-    own = model.state_dict()
+class PretrainedMixin:
+    """``save_pretrained``/``from_pretrained`` of a diffusers ``ModelMixin`` + ``ConfigMixin``
+    part of the model, in diffusers' layout (``config.json`` and
+    ``diffusion_pytorch_model.safetensors``), holding its trainable weights only.
+
+    List it before ``ModelMixin``. A part loaded from a local folder at construction and frozen
+    (SVD's CLIP image encoder) is named by :meth:`frozen_parts` and referenced by that path in
+    the config instead of being saved; loading builds it from the path again. Loading is
+    strict and offline: every saved tensor must fit and every other one must be frozen.
+    """
+
+    def __getattr__(self, name: str):
+        # diffusers' ModelMixin answers a missing attribute with the config value of that name
+        # (deprecated): here config keys share names with submodules and buffers (image_encoder,
+        # added_time_ids), which must win, so attributes resolve as in a plain nn.Module
+        return torch.nn.Module.__getattr__(self, name)
+
+    def frozen_parts(self) -> dict[str, str]:
+        """``{submodule name: the local folder it is loaded from}`` of the parts not saved."""
+        return {}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict without the frozen parts: what :meth:`save_pretrained` writes."""
+        prefixes = tuple(f"{name}." for name in self.frozen_parts())
+        trained = (
+            [k for k, p in self.named_parameters() if p.requires_grad and k.startswith(prefixes)] if prefixes else []
+        )
+        if trained:
+            raise ValueError(
+                f"{type(self).__name__}: {trained[0]} of a part loaded from a local folder is trainable; "
+                "saving it by reference would lose its training"
+            )
+        return {k: v for k, v in self.state_dict().items() if not (prefixes and k.startswith(prefixes))}
+
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        """``config.json`` and the trainable weights as safetensors into ``save_directory``."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = self.trainable_state_dict()
+        config = json.loads(self.to_json_string())
+        config.pop("_name_or_path", None)  # where a loaded part came from: not part of what it is
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_tensors(folder / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, subfolder: str | None = None):
+        """The part saved in a LOCAL folder by :meth:`save_pretrained`, in eval mode.
+
+        Raises FileNotFoundError (no such folder or file), OSError (an unreadable config.json or
+        weights file) or ValueError (weights that do not fit the model its config.json builds).
+        """
+        folder = Path(pretrained_model_name_or_path)
+        folder = folder / subfolder if subfolder else folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{cls.__name__}: local folder {str(folder)!r} does not exist")
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{cls.__name__}: {folder / name} is missing")
+        config = cls.load_config(str(folder), local_files_only=True)
+        weights = folder / WEIGHTS_NAME
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # a truncated or foreign file
+            raise OSError(f"cannot read weights {weights}: {one_line(e)}") from None
+        model = cls.from_config(config)
+        check_state(state, model.trainable_state_dict(), weights)
+        model.load_state_dict(state, strict=False)
+        model.register_to_config(_name_or_path=str(folder))
+        return model.eval()
+
+
+def check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str | Path) -> None:
+    """ValueError naming the differing keys/shapes unless ``state`` has exactly the keys and shapes of ``own``."""
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
@@ -59,4 +142,3 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"{path} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {wrong[:5]} (was it trained with other params?)"
         )
-    model.load_state_dict(state)

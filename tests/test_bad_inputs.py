@@ -25,16 +25,20 @@ from PIL import Image
 from ouroboros3d import cli
 from ouroboros3d.build import build_model
 from ouroboros3d.errors import UserError
-from ouroboros3d.io import save_weights
+from ouroboros3d.pipeline import Ouroboros3DPipeline
 
 SCRIPTS = ("render", "ccm", "train", "evaluate", "evaluate_window", "figures", "tables", "report", "generate_example")
 
 
 def _checkpoint(folder: Path, params, weights_params=None) -> None:
+    """A model folder as experiments/train.py writes it; with ``weights_params``, the components of
+    that model beside the params.json of ``params``."""
     folder.mkdir()
     torch.manual_seed(0)
-    save_weights(build_model(weights_params or params), folder / "model.safetensors")
-    (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
+    built = weights_params or params
+    Ouroboros3DPipeline.from_model(build_model(built), built).save_pretrained(folder)
+    if weights_params is not None:
+        (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +78,13 @@ def workspace(tmp_path_factory) -> Path:
     other = tiny_params(model={"reconstructor": {"down_channels": [8, 8, 16], "up_channels": [16, 16]}})
     _checkpoint(ws / "ckpt_mismatch", params, weights_params=other)  # params.json of one model, weights of another
     for name, text in (("ckpt_bad_json", "{not json"), ("ckpt_bad_params", json.dumps({"data": "big"}))):
-        (ws / name).mkdir()
-        shutil.copy(ws / "ckpt" / "model.safetensors", ws / name)
+        shutil.copytree(ws / "ckpt", ws / name)
         (ws / name / "params.json").write_text(text)
-    (ws / "ckpt_garbage").mkdir()
-    (ws / "ckpt_garbage" / "model.safetensors").write_bytes(b"not safetensors")
-    shutil.copy(ws / "ckpt" / "params.json", ws / "ckpt_garbage")
+    shutil.copytree(ws / "ckpt", ws / "ckpt_garbage")
+    (ws / "ckpt_garbage" / "denoiser" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    (ws / "ckpt_old").mkdir()  # the single-file layout of earlier versions
+    (ws / "ckpt_old" / "model.safetensors").write_bytes(b"weights")
+    shutil.copy(ws / "ckpt" / "params.json", ws / "ckpt_old")
 
     (ws / "renders" / "obj").mkdir(parents=True)  # one eval object as generate_example reads it
     Image.fromarray(rgba[..., :3]).save(ws / "renders" / "obj" / "rgb_00.png")
@@ -116,6 +121,7 @@ CASES = [
     case("cli", GEN.replace("{ckpt}", "{ckpt_bad_params}") % "mug", "params.json"),
     case("cli", GEN.replace("{ckpt}", "{ckpt_mismatch}") % "mug", "does not match this model"),
     case("cli", GEN.replace("{ckpt}", "{ckpt_garbage}") % "mug", "cannot read weights"),
+    case("cli", GEN.replace("{ckpt}", "{ckpt_old}") % "mug", "old single-file layout"),
     _no_cuda(case("cli", GEN % "mug" + " --device cuda", "CUDA is not available")),
     # the command line tool: options
     case("cli", "generate {mug} --checkpoint {ckpt} --out {out} --steps 0", "--steps must be >= 1"),

@@ -3,7 +3,6 @@ one output folder per image, failures reported per image, --skip-existing and --
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from PIL import Image
 from ouroboros3d import generate as generate_module
 from ouroboros3d.build import build_model
 from ouroboros3d.cli import main
-from ouroboros3d.io import save_weights
+from ouroboros3d.pipeline import Ouroboros3DPipeline
 
 FAST = ["--steps", "1", "--turntable-frames", "2", "--strip-steps", "1"]
 
@@ -35,8 +34,7 @@ def ckpt(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")
     params = tiny_params()
     torch.manual_seed(0)
-    save_weights(build_model(params), folder / "model.safetensors")
-    (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
+    Ouroboros3DPipeline.from_model(build_model(params), params).save_pretrained(folder)
     return folder
 
 

@@ -29,7 +29,7 @@ from ouroboros3d.generate import (
     target_fill,
     write_outputs,
 )
-from ouroboros3d.io import save_weights
+from ouroboros3d.pipeline import Ouroboros3DPipeline
 
 STEPS = 2
 FRAMES = 5
@@ -45,10 +45,13 @@ def one_thread():
 
 
 def _write_checkpoint(folder: Path, params, weights_params=None) -> Path:
+    """A model folder as experiments/train.py writes it; with ``weights_params``, the components of
+    that model beside the params.json of ``params``."""
     torch.manual_seed(0)
-    save_weights(build_model(weights_params or params), folder / "model.safetensors")
-    # exactly what experiments/train.py writes beside the weights
-    (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
+    built = weights_params or params
+    Ouroboros3DPipeline.from_model(build_model(built), built).save_pretrained(folder)
+    if weights_params is not None:
+        (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2, sort_keys=True))
     return folder
 
 
@@ -125,15 +128,15 @@ def test_cli_generate_rgba_end_to_end(ckpt, images, tmp_path, capsys):
     assert s["seed"] == 7 and s["feedback"] is True and s["feedback_start"] == 0.0
     assert s["elevation_deg"] == default_elevation(tiny_params()) == 10.0
     assert s["input"]["mask_from"] == "alpha" and s["input"]["bbox"] == [30, 10, 70, 40]
-    assert s["checkpoint"] == str(ckpt / "model.safetensors")
+    assert s["checkpoint"] == str(ckpt)
     assert f"wrote {len(record['files'])} files" in capsys.readouterr().out
 
 
-def test_installed_command_with_jpeg_and_weights_path(ckpt, images, tmp_path):
-    """The entry point end to end in a fresh process: RGB JPEG, the .safetensors path, the default out dir."""
+def test_installed_command_with_jpeg(ckpt, images, tmp_path):
+    """The entry point end to end in a fresh process: RGB JPEG, the model folder, the default out dir."""
     script = Path(sys.executable).parent / "ouroboros3d"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "ouroboros3d.cli"]
-    args = ["generate", str(images["cup"]), "--checkpoint", str(ckpt / "model.safetensors"), "--steps", str(STEPS)]
+    args = ["generate", str(images["cup"]), "--checkpoint", str(ckpt), "--steps", str(STEPS)]
     args += ["--turntable-frames", str(FRAMES), "--elevation", "20", "--no-feedback", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": os.path.dirname(sys.executable)}  # no ffmpeg on this PATH
     proc = subprocess.run(command + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
