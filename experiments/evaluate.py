@@ -3,7 +3,7 @@
     python experiments/evaluate.py --variant main [--feedback-start 0.4] [--record-steps 3]
                                    [--metrics-out results/metrics.json]
 
-The model is ``models/<variant>/`` (``model.safetensors`` + ``params.json``, written by
+The model is ``models/<variant>/`` (an ``Ouroboros3DPipeline`` folder, written by
 experiments/train.py); sampling and evaluation settings (``seed``, ``sample``, ``evaluation``,
 ``data.folder``) come from ``--params``. Each object is sampled with its own noise, seeded from
 (seed, object id), so its result does not depend on which objects share its batch. Writes

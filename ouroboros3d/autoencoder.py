@@ -75,7 +75,9 @@ class VAEAutoencoder(nn.Module):
 
     def __init__(self, vae: AutoencoderKLTemporalDecoder):
         super().__init__()
-        self.vae = vae
+        # frozen, as in SVD's fine-tuning: its latents are F's targets, which the diffusion loss
+        # could otherwise move (and a saved model references the VAE's folder, not a copy)
+        self.vae = vae.requires_grad_(False)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.latent_channels = int(vae.config.latent_channels)
         self.downscale = 2 ** (len(vae.config.block_out_channels) - 1)

@@ -7,7 +7,6 @@ A model folder (what the train stage writes to ``models/<variant>/``)::
     README.md               the model card: data, training, metrics of the run, licence
     denoiser/               F, MultiViewDenoiser: config.json + diffusion_pytorch_model.safetensors
     reconstructor/          G, Reconstructor: config.json + diffusion_pytorch_model.safetensors
-    vae/                    only when the model's VAE was trained with it (AutoencoderKLTemporalDecoder)
 
 Only trainable weights are saved. Frozen parts loaded from local folders are referenced by
 path and loaded from it again: the paper preset's CLIP image encoder by the denoiser's
@@ -54,7 +53,6 @@ __all__ = ["COMPONENTS", "Ouroboros3DPipeline", "model_card"]
 
 # the components always saved, by folder name
 COMPONENTS: dict[str, type] = {"denoiser": MultiViewDenoiser, "reconstructor": Reconstructor}
-VAE_ENTRY = ["diffusers", "AutoencoderKLTemporalDecoder"]
 
 
 class Ouroboros3DPipeline(DiffusionPipeline):
@@ -93,10 +91,6 @@ class Ouroboros3DPipeline(DiffusionPipeline):
 
     # --- saving -------------------------------------------------------------------------------
 
-    def _vae_is_saved(self) -> bool:
-        """A VAE with trainable parameters was trained with the model: saved. A frozen one is referenced."""
-        return self.vae is not None and any(p.requires_grad for p in self.vae.parameters())
-
     def save_pretrained(self, save_directory: str | Path, *, training: Mapping[str, Any] | None = None) -> Path:
         """Write the model folder (layout in the module docstring); returns it.
 
@@ -112,11 +106,7 @@ class Ouroboros3DPipeline(DiffusionPipeline):
         for name in COMPONENTS:
             getattr(self, name).save_pretrained(folder / name)
             index[name] = list(self.config[name])
-        if self._vae_is_saved():
-            self.vae.save_pretrained(folder / "vae", safe_serialization=True)
-            index["vae"] = list(VAE_ENTRY)
-        else:
-            index["vae"] = [None, None]
+        index["vae"] = [None, None]  # SVD's VAE is frozen (autoencoder.VAEAutoencoder): referenced, not saved
         params_json = json.dumps(dataclasses.asdict(self.params), indent=2, sort_keys=True)
         atomic_write_text(folder / PARAMS_FILE, params_json)
         atomic_write_text(folder / CARD_FILE, model_card(self, training))
@@ -139,7 +129,7 @@ class Ouroboros3DPipeline(DiffusionPipeline):
         _check_index(folder, index, params)
         _check_configs(folder, params)
         try:  # the VAE first: the order build_model builds the parts in
-            vae = _load_vae(folder, index, params)
+            vae = _load_vae(params)
         except Exception as e:  # a missing SVD folder, an unreadable file
             raise GenerationError(f"cannot load the VAE of {folder}: {one_line(e)}") from None
         parts = {}
@@ -166,8 +156,10 @@ def _check_index(folder: Path, index: Any, params: Params) -> None:
         if index.get(name) != expected:
             raise GenerationError(f"{path}: {name} must be {expected}, found {index.get(name)!r}")
     vae = index.get("vae", [None, None])
-    if vae not in ([None, None], VAE_ENTRY) or (params.model.latent == "pixel" and vae != [None, None]):
-        raise GenerationError(f"{path}: vae {vae!r} does not fit model.latent {params.model.latent!r}")
+    if vae != [None, None]:
+        raise GenerationError(
+            f"{path}: vae {vae!r}: this version saves no VAE (SVD's is frozen, loaded from model.vae_path)"
+        )
     for name in COMPONENTS:
         for file in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name / file).is_file():
@@ -201,16 +193,13 @@ def _check_configs(folder: Path, params: Params) -> None:
             raise GenerationError(f"{path} does not match this model's {PARAMS_FILE}: {'; '.join(diffs[:3])}")
 
 
-def _load_vae(folder: Path, index: dict, params: Params):
-    """SVD's VAE: from ``vae/`` when it was saved, else (frozen) from ``model.vae_path``; None in pixel space."""
+def _load_vae(params: Params):
+    """SVD's VAE (frozen, so referenced rather than saved) from ``model.vae_path``; None in pixel space."""
     if params.model.latent == "pixel":
         return None
     from .autoencoder import VAEAutoencoder
 
-    if index.get("vae") == VAE_ENTRY:
-        return VAEAutoencoder.from_folder(folder / "vae").vae
-    vae = VAEAutoencoder.from_folder(params.model.vae_path).vae
-    return vae.requires_grad_(False)  # it was frozen when saved: referenced, not saved
+    return VAEAutoencoder.from_folder(params.model.vae_path).vae
 
 
 # --- the model card --------------------------------------------------------------------------
@@ -293,10 +282,7 @@ def model_card(pipe: Ouroboros3DPipeline, training: Mapping[str, Any] | None = N
             f"- CLIP image encoder (frozen): loaded from `{d.image_encoder_path}` (the denoiser's config.json)."
         )
     if pipe.vae is not None:
-        if pipe._vae_is_saved():
-            frozen.append("- SVD's VAE was trained with the model (its parameters require gradients): saved in `vae/`.")
-        else:
-            frozen.append(f"- SVD's VAE (frozen): loaded from `{p.model.vae_path}` (params.json `model.vae_path`).")
+        frozen.append(f"- SVD's VAE (frozen): loaded from `{p.model.vae_path}` (params.json `model.vae_path`).")
     if frozen:
         lines += ["Parts not saved here are referenced by local path and must exist there to load the model:", ""]
         lines += [*frozen, ""]

@@ -3,7 +3,6 @@ the `variants` params and train.py's --variant."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,7 +19,7 @@ from ouroboros3d.build import build_model
 from ouroboros3d.config import ParamsError, params_from_dict
 from ouroboros3d.data.pipeline import render_dataset
 from ouroboros3d.evaluation import dvc_metrics, run_name
-from ouroboros3d.io import save_weights
+from ouroboros3d.pipeline import Ouroboros3DPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +41,7 @@ def evaluated(tmp_path_factory):
     params = params_from_dict(raw)
     render_dataset(params, tmp / "data" / "renders", splits=("eval",), workers=1, progress=False)
     torch.manual_seed(0)
-    save_weights(build_model(params), tmp / "models" / "tiny" / "model.safetensors")
-    (tmp / "models" / "tiny" / "params.json").write_text(json.dumps(dataclasses.asdict(params)))
+    Ouroboros3DPipeline.from_model(build_model(params), params).save_pretrained(tmp / "models" / "tiny")
     with pytest.MonkeyPatch.context() as mp:  # no pretrained weights: LPIPS and FID must say "unavailable"
         mp.setenv("TORCH_HOME", str(tmp / "torch"))
         mp.setenv("OUROBOROS3D_CLEANFID_DIR", str(tmp / "cleanfid"))
@@ -108,8 +106,7 @@ def test_a_window_of_a_model_without_feedback_is_its_full_run(evaluated):
     params = params_from_dict(yaml.safe_load((evaluated / "params.yaml").read_text()) | {"feedback": False})
     torch.manual_seed(1)
     folder = evaluated / "models" / "nofb"
-    save_weights(build_model(params), folder / "model.safetensors")
-    (folder / "params.json").write_text(json.dumps(dataclasses.asdict(params)))
+    Ouroboros3DPipeline.from_model(build_model(params), params).save_pretrained(folder)
     base = ["--params", str(evaluated / "params.yaml"), "--models", str(evaluated / "models")]
     base += ["--data", str(evaluated / "data"), "--out", str(evaluated / "eval"), "--variant", "nofb", "--no-progress"]
     evaluate, window = load_script("evaluate"), load_script("evaluate_window")

@@ -27,7 +27,8 @@ def test_paper_preset_builds_on_meta_with_svd_and_lgm_sizes():
     counts = memory.parameter_counts(model)
     assert counts["unet"] == 1_524_623_082  # SVD's UNet exactly (params.yaml)
     assert counts["reconstructor"] == 423_852_239  # LGM big (params.yaml)
-    assert counts["frozen"] == counts["frozen_image_encoder"] == counts["image_encoder"]  # CLIP only
+    assert counts["frozen_image_encoder"] == counts["image_encoder"]  # CLIP, frozen
+    assert counts["frozen"] == counts["image_encoder"] + counts["autoencoder"] > counts["image_encoder"]  # + VAE
     assert counts["trainable"] + counts["frozen"] == counts["total"]
     assert counts["feedback_total"] == counts["feedback_ccm"] + counts["feedback_rgb"] > 0
 

@@ -4,7 +4,6 @@ learning-curve hook, and the training levers (recolouring, the lr schedule, guid
 import csv
 import dataclasses
 import itertools
-import json
 
 import pytest
 import torch
@@ -12,16 +11,15 @@ from conftest import SyntheticDataset, synthetic_batch, tiny_params
 
 from ouroboros3d.build import InitError, build_model, initialise, training_fingerprint
 from ouroboros3d.config import ParamsError, load_params
-from ouroboros3d.io import atomic_write_text, save_weights
 from ouroboros3d.model import recolour, sample
+from ouroboros3d.pipeline import Ouroboros3DPipeline
 from ouroboros3d.tracking import read_curves, read_metrics
 from ouroboros3d.training import _lr_factor, train
 from ouroboros3d.validation import reconstruction_scores, validation_scores
 
 
 def _save(model, params, folder):
-    save_weights(model, folder / "model.safetensors")
-    atomic_write_text(folder / "params.json", json.dumps(dataclasses.asdict(params)))
+    Ouroboros3DPipeline.from_model(model, params).save_pretrained(folder)
 
 
 def _pretrained(params, tmp_path, seed=1):
