@@ -21,14 +21,6 @@ from ouroboros3d.pipeline import Ouroboros3DPipeline
 FAST = ["--steps", "1", "--turntable-frames", "2", "--strip-steps", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two OpenMP threads on a busy 2-core machine spin-wait (see conftest)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")

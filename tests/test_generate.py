@@ -35,15 +35,6 @@ STEPS = 2
 FRAMES = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # two OpenMP threads on a busy 2-core machine spin-wait on each other (see conftest)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _write_checkpoint(folder: Path, params, weights_params=None) -> Path:
     """A model folder as experiments/train.py writes it; with ``weights_params``, the components of
     that model beside the params.json of ``params``."""

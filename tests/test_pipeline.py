@@ -26,14 +26,6 @@ from ouroboros3d.reconstructor import Reconstructor
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two OpenMP threads on a busy 2-core machine spin-wait (see conftest)
-    yield
-    torch.set_num_threads(before)
-
-
 def _image() -> np.ndarray:
     rgba = np.zeros((48, 64, 4), np.uint8)
     rgba[10:40, 20:50] = (200, 40, 40, 255)
