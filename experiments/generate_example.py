@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 from ouroboros3d import cameras
 from ouroboros3d.data.render import render_views
 from ouroboros3d.errors import guard
-from ouroboros3d.generate import generate, write_outputs
+from ouroboros3d.generate import generate, surface_mesh, write_outputs
 from ouroboros3d.io import atomic_write_bytes
-from ouroboros3d.meshing import MeshError, gaussians_to_mesh, write_mesh
+from ouroboros3d.meshing import MeshError, write_mesh
 
 
 def mesh_picture(mesh, size: int = 192, azimuths=(0.0, 90.0, 180.0, 270.0), elevation: float = 20.0) -> bytes:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     files = write_outputs(result, args.work, mp4=False)
     atomic_write_bytes(args.out, Path(files["grid.png"]).read_bytes())
     try:
-        mesh = gaussians_to_mesh(result.gaussians)  # `generate --mesh`'s defaults
+        mesh = surface_mesh(result.gaussians, result.params)  # what `generate --mesh` writes
     except MeshError as error:  # an (almost) untrained model, e.g. the tests' tiny config
         atomic_write_bytes(args.mesh_out, note_picture(f"no mesh for this model:\n{error}"))
         print(f"wrote {args.out}; no mesh: {error}")

@@ -59,6 +59,7 @@ __all__ = [
     "load_checkpoint",
     "prepare_image",
     "read_checkpoint_params",
+    "surface_mesh",
     "target_fill",
     "view_cameras",
     "write_outputs",
@@ -223,7 +224,7 @@ def generate(
     surface = None
     if mesh:
         t0 = time.perf_counter()
-        surface = _mesh(out.gaussians, params, mesh_resolution)
+        surface = surface_mesh(out.gaussians, params, mesh_resolution)
         timings["mesh"] = time.perf_counter() - t0
 
     settings = {
@@ -270,8 +271,9 @@ def generate(
     )
 
 
-def _mesh(gaussians: Gaussians, params: Params, resolution: int):
-    """The Gaussians' surface, meshed on the device they were sampled on, by cameras at the training radius and fov."""
+def surface_mesh(gaussians: Gaussians, params: Params, resolution: int = 96):
+    """The Gaussians' surface (``generate(mesh=True)``'s), meshed on the device they were sampled on,
+    by cameras at the checkpoint's radius and field of view; raises MeshError where there is none."""
     from .meshing import gaussians_to_mesh
 
     camera = params.camera
