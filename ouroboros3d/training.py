@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from .config import TrainSettings
-from .io import save_tensors
+from .io import check_state, save_tensors
 from .model import Draws, LossWeights, Ouroboros3D, recolour
 from .tracking import RunLog
 
@@ -112,9 +112,10 @@ def step_draws(seed: int, step: int, positions: Sequence[int]) -> Draws:
 # --- checkpoints ---------------------------------------------------------------------
 
 
-def _frozen_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the parameters training never changes (a pretrained VAE, CLIP)."""
-    return {k for k, p in model.named_parameters() if not p.requires_grad}
+def _checkpointed_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the parameters training never changes (a pretrained VAE, CLIP)."""
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
 def save_training_state(
@@ -134,8 +135,7 @@ def save_training_state(
     save can leave a checkpoint that does not load, and its RNG states are not needed here,
     where every draw is a function of ``(seed, step)``.
     """
-    frozen = _frozen_keys(model)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k not in frozen}
+    tensors = {f"model.{k}": v for k, v in _checkpointed_state(model).items()}
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     names = {id(p): k for k, p in model.named_parameters()}
     groups = []
@@ -171,12 +171,11 @@ def load_training_state(
     """Restore a :func:`save_training_state` file (the rolling resume checkpoint); returns its step."""
     tensors = load_file(str(path))
     meta = checkpoint_metadata(path)
-    missing, unexpected = model.load_state_dict(
-        {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False
-    )
-    # only the frozen parameters may be absent (a checkpoint of before they were left out has them)
-    if set(missing) - _frozen_keys(model) or unexpected:
-        raise ValueError(f"{path} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    own = _checkpointed_state(model)
+    frozen = set(model.state_dict()) - set(own)  # a checkpoint of before they were left out has them: not read
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.") and k[6:] not in frozen}
+    check_state(state, own, path)  # before loading: a file that does not fit changes nothing
+    model.load_state_dict(state, strict=False)
     if scaler is not None and scaler.is_enabled() and "grad_scaler" in meta:
         scaler.load_state_dict(json.loads(meta["grad_scaler"]))
     for k in ema.shadow:

@@ -187,10 +187,15 @@ def test_the_checkpoint_leaves_out_frozen_weights_and_restores_the_rest(tmp_path
     # the frozen weights are the model's own (rebuilt from their pretrained folders), untouched
     assert all(torch.equal(v, other.reconstructor.state_dict()[k]) for k, v in reconstructor.items())
 
-    # a trainable weight missing from the file is an error, not a silent partial load
+    # a trainable weight missing from the file is an error, not a silent partial load: nothing loads
     other.reconstructor.requires_grad_(True)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    before = _state(other)
     with pytest.raises(ValueError, match="does not match this model"):
         load_training_state(path, other, *_ema_and_optimizer(other, params))
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
 
 
 def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
