@@ -27,7 +27,18 @@ from ouroboros3d.build import build_model
 from ouroboros3d.errors import UserError
 from ouroboros3d.pipeline import Ouroboros3DPipeline
 
-SCRIPTS = ("render", "ccm", "train", "evaluate", "evaluate_window", "figures", "tables", "report", "generate_example")
+SCRIPTS = (
+    "resolve_params",
+    "render",
+    "ccm",
+    "train",
+    "evaluate",
+    "evaluate_window",
+    "figures",
+    "tables",
+    "report",
+    "generate_example",
+)
 
 
 def _checkpoint(folder: Path, params, weights_params=None) -> None:
@@ -129,6 +140,9 @@ CASES = [
     case("cli", "generate {mug} --checkpoint {ckpt} --out {out} --elevation 90", "--elevation must lie in"),
     case("cli", "generate {mug} --checkpoint {ckpt} --out {out} --mesh --mesh-resolution 2", "--mesh-resolution"),
     # render stage: params
+    case("resolve_params", "--params {ws}/missing.yaml --out {out}/resolved.yaml", "params file not found"),
+    case("resolve_params", "--params {ws}/big_resolution.yaml --out {out}/resolved.yaml", "data.resolution"),
+    case("resolve_params", "--params {ws}/unknown_key.yaml --out {out}/resolved.yaml", "zoom"),
     case("render", "--params {ws}/big_resolution.yaml --out {out}", "data.resolution"),
     case("render", "--params {ws}/frames_backwards.yaml --out {out}", "view_frames"),
     case("render", "--params {ws}/unknown_key.yaml --out {out}", "zoom"),
