@@ -48,8 +48,8 @@ def _as_tensor(x, dtype=torch.float32) -> torch.Tensor:
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Camera-to-world matrices (..., 4, 4) for cameras at ``eye`` (..., 3) looking at ``target``."""
-    eye = _as_tensor(eye)
+    """Camera-to-world matrices (..., 4, 4) for cameras at ``eye`` (..., 3) looking at ``target``, in eye's dtype."""
+    eye = eye if torch.is_tensor(eye) and eye.is_floating_point() else _as_tensor(eye)
     target = torch.zeros_like(eye) if target is None else _as_tensor(target).expand_as(eye)
     up = eye.new_tensor(WORLD_UP).expand_as(eye)
     forward = torch.nn.functional.normalize(target - eye, dim=-1)
@@ -75,7 +75,9 @@ def orbit_c2w(azimuth_deg, elevation_deg, radius) -> torch.Tensor:
         _as_tensor(radius, torch.float64),
     )
     eye = torch.stack([r * el.cos() * az.cos(), r * el.cos() * az.sin(), r * el.sin()], dim=-1)
-    return look_at(eye.float())
+    # float64 throughout, rounded once: the cameras (and so the renders) are the same to the
+    # bit on every CPU, where float32 normalise/cross products end in kernel-dependent last bits
+    return look_at(eye).float()
 
 
 def intrinsics(fov_deg: float, width: int, height: int | None = None) -> torch.Tensor:

@@ -42,13 +42,19 @@ def depth_to_world(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> t
     """Back-project z-depth (..., H, W) to world points (..., H, W, 3).
 
     ``X_cam = K^-1 (u, v, 1)^T d`` at pixel centres, then ``X_world = R X_cam + t``.
+
+    Computed in float64 and rounded once to depth's dtype: the last bits of float32 einsum and
+    ``linalg.inv`` depend on the CPU's kernels, float64's rounded result does not, so the ccm
+    stage writes the same bytes on every machine. (Differentiable: the casts pass gradients.)
     """
     h, w = depth.shape[-2:]
-    uv1 = pixel_centers(h, w, depth.dtype).to(depth.device)
-    rays = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K.to(depth)), uv1)
-    cam = rays * depth[..., None]
-    c2w = c2w.to(depth)
-    return torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], cam) + c2w[..., None, None, :3, 3]
+    d64 = depth.double()
+    uv1 = pixel_centers(h, w, torch.float64).to(depth.device)
+    rays = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K.to(d64)), uv1)
+    cam = rays * d64[..., None]
+    c2w = c2w.to(d64)
+    world = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], cam) + c2w[..., None, None, :3, 3]
+    return world.to(depth.dtype)
 
 
 def world_to_ccm(points: torch.Tensor, mask: torch.Tensor, norm: CCMNormalization = CCMNormalization()) -> torch.Tensor:

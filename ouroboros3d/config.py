@@ -250,6 +250,9 @@ class TrainSettings:
     log_every: int = 10
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     recolour: bool = False  # permute each object's RGB channels, the same in all its views
+    # share of each batch drawn from the real scans of the train split (the rest: procedural
+    # objects); null: batches drawn from all objects alike (the split's own share)
+    real_share: float | None = None
     validate_every: int = 0  # score the EMA on the val split every N steps (learning curve); 0: at the end
 
     def validate(self, key: str) -> None:
@@ -260,6 +263,8 @@ class TrainSettings:
         for name in ("cond_dropout", "feedback_prob", "lr_decay_fraction"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must lie in [0, 1]")
         _check(self.p_std > 0, f"{key}.p_std", "must be positive")
+        if self.real_share is not None:
+            _check(0 <= self.real_share <= 1, f"{key}.real_share", f"must lie in [0, 1], got {self.real_share}")
         if self.noise_mixture is not None:
             share, _, std = self.noise_mixture
             _check(0 <= share <= 1 and std > 0, f"{key}.noise_mixture", "needs [share in [0, 1], p_mean, p_std > 0]")
@@ -296,7 +301,8 @@ class SampleParams:
     guidance: tuple[float, float] = (1.0, 2.5)  # SVD's per-view scale, input view to last view
     guidance_sigmas: tuple[float, float] | None = None  # guide only at sigma in [lo, hi]; null: every step
     feedback_start: float = 0.0  # feed back from this fraction of the steps on (Table 3)
-    sampler: Literal["euler", "heun"] = "euler"
+    sampler: Literal["euler", "heun", "euler_churn"] = "euler"  # euler_churn: EDM's stochastic sampler
+    mixed_precision: Literal["no", "bf16"] = "no"  # autocast F and G in sampling (EDM, rays, rasterizer stay fp32)
 
     def validate(self, key: str) -> None:
         _check(self.steps >= 1, f"{key}.steps", "must be >= 1")

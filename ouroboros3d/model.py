@@ -417,6 +417,7 @@ def sample_kwargs(settings, **overrides) -> dict:
         guidance_sigmas=settings.guidance_sigmas,
         feedback_start=settings.feedback_start,
         sampler=edm.SAMPLERS[settings.sampler],
+        mixed_precision=settings.mixed_precision,
     )
     return kwargs | overrides
 
@@ -440,6 +441,7 @@ def sample(
     sampler=edm.sample_euler,
     on_step: Callable[[dict], None] | None = None,
     noise: torch.Tensor | None = None,
+    mixed_precision: str = "no",
 ) -> SampleResult:
     """Algorithm 2: generate V views of ``input_view`` (B, 3, H, W) and their 3D Gaussians.
 
@@ -457,7 +459,53 @@ def sample(
 
     ``noise`` (B, V, C, h, w), standard normal, replaces the draw from ``generator``: a
     caller that seeds each object's noise gets results independent of the batch size.
+
+    ``mixed_precision`` = "bf16" runs F's and G's networks under bf16 autocast (CPU AMX, GPU
+    tensor cores); the EDM scalings, the sampler's updates, camera rays, the rasterizer and
+    the CCM stay float32 (each of them casts or disables autocast itself).
     """
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
+    autocast = torch.autocast(input_view.device.type, torch.bfloat16, enabled=mixed_precision == "bf16")
+    with autocast:
+        return _sample(
+            model,
+            input_view,
+            K,
+            c2w,
+            steps,
+            sigma_min,
+            sigma_max,
+            guidance,
+            guidance_sigmas,
+            feedback_start,
+            reconstruct,
+            generator,
+            keep_steps,
+            sampler,
+            on_step,
+            noise,
+        )
+
+
+def _sample(
+    model,
+    input_view,
+    K,
+    c2w,
+    steps,
+    sigma_min,
+    sigma_max,
+    guidance,
+    guidance_sigmas,
+    feedback_start,
+    reconstruct,
+    generator,
+    keep_steps,
+    sampler,
+    on_step,
+    noise,
+) -> SampleResult:
     if reconstruct not in ("every_step", "final", "none"):
         raise ValueError(f"reconstruct must be every_step, final or none, got {reconstruct!r}")
     recursive = reconstruct == "every_step"

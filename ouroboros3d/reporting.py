@@ -102,6 +102,7 @@ def claims_table(results: Path, variants: list[str]) -> str:
         for ours, base, text in (
             ("3d_psnr", "copy_input_psnr", "3D renders beat copying the input view into every view"),
             ("mv_psnr", "copy_input_psnr", "generated views beat copying the input view"),
+            ("x0_psnr", "copy_input_psnr", "F's 1-step conditional mean beats copying the input view"),
             ("mv_psnr", "white_psnr", "generated views beat a blank white image"),
         ):
             if {ours, base} <= set(main.columns):

@@ -424,6 +424,25 @@ def render(
         :class:`RenderOutput` (rgb (B, V, 3, H, W), alpha (B, V, 1, H, W), depth (B, V, H, W)),
         differentiable with respect to every Gaussian field.
     """
+    # float32 whatever autocast surrounds it (bf16 training and sampling): depth sorting and
+    # transmittance products lose too much in bf16, and the rasterizer is not matmul-bound
+    dtype = torch.promote_types(gaussians.dtype, torch.float32)  # bf16 Gaussians in, float32 out
+    with torch.autocast(gaussians.device.type, enabled=False):
+        return _render(
+            gaussians.to(dtype),
+            K.to(dtype),
+            c2w.to(dtype),
+            width,
+            height,
+            background,
+            backend,
+            depth_alpha_threshold,
+            near_plane,
+            far_plane,
+        )
+
+
+def _render(gaussians, K, c2w, width, height, background, backend, depth_alpha_threshold, near_plane, far_plane):
     K, c2w = _batched_cameras(gaussians, K, c2w)
     b, v = K.shape[:2]
     on_cuda = gaussians.device.type == "cuda"

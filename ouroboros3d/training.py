@@ -39,6 +39,7 @@ __all__ = [
     "EMA",
     "TrainSettings",
     "batch_indices",
+    "batch_plan",
     "load_training_state",
     "lr_schedule",
     "sample_generator",
@@ -91,6 +92,40 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int) -> list
         perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return out
+
+
+def mixed_batch_indices(groups: Sequence[Sequence[int]], counts: Sequence[int], step: int, seed: int) -> list[int]:
+    """Step ``step``'s dataset indices when every batch takes ``counts[g]`` items of group ``g``
+    (``groups[g]``: its dataset indices): each group in its own seeded epochs, so a small group
+    (the real scans) is revisited more often than a large one, and a step is still a function
+    of ``(seed, step)`` alone (exact resume)."""
+    out: list[int] = []
+    for g, (members, count) in enumerate(zip(groups, counts, strict=True)):
+        if count:
+            out += [members[i] for i in batch_indices(len(members), count, step, seed * 7_919 + g)]
+    return out
+
+
+def real_objects(object_ids: Sequence[str]) -> list[bool]:
+    """Which training objects are real scans: every source but the procedural ``random_urdfs``
+    (object ids are ``<source>-<name>``, ouroboros3d.data.sources)."""
+    return [not oid.startswith("random_urdfs-") for oid in object_ids]
+
+
+def batch_plan(dataset, batch_size: int, real_share: float | None) -> Callable[[int, int], list[int]]:
+    """``plan(step, seed)``: the step's dataset indices, with ``real_share`` of each batch from
+    the real scans (rounded; None: all objects alike, :func:`batch_indices`). A dataset with a
+    real share must name its objects (``object_ids``, as :class:`MultiViewDataset`)."""
+    if real_share is None:
+        return lambda step, seed: batch_indices(len(dataset), batch_size, step, seed)
+    real = real_objects(dataset.object_ids)
+    groups = [[i for i, r in enumerate(real) if not r], [i for i, r in enumerate(real) if r]]
+    n_real = round(batch_size * real_share)
+    counts = [batch_size - n_real, n_real]
+    for members, count, what in zip(groups, counts, ("procedural", "real"), strict=True):
+        if count and not members:
+            raise ValueError(f"real_share {real_share} asks for {count} {what} objects per batch; the split has none")
+    return lambda step, seed: mixed_batch_indices(groups, counts, step, seed)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -291,6 +326,7 @@ def train(
     schedule = lr_schedule(optimizer, settings, start)
     weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
     world, rank = accelerator.num_processes, accelerator.process_index
+    plan = batch_plan(dataset, settings.batch_size * world, settings.real_share)
     end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=settings.steps, disable=not progress or rank, desc="train")
     t0 = time.perf_counter()
@@ -298,7 +334,7 @@ def train(
     model.train()
     try:
         for step in bar:
-            idx = batch_indices(len(dataset), settings.batch_size * world, step, seed)
+            idx = plan(step, seed)
             positions = range(rank, len(idx), world)  # this rank's share of the global batch
             batch = _collate([dataset[idx[j]] for j in positions], accelerator.device)
             generator = step_draws(seed, step, positions)

@@ -79,6 +79,9 @@ class SyntheticDataset(torch.utils.data.Dataset):
         for i in range(size):
             b = synthetic_batch(params, 1, seed=i)
             self.items.append({k: t[0] for k, t in b.items()})
+        # named as the render stage names them: the last object a real scan (the params'
+        # train.real_share draws from it)
+        self.object_ids = [f"random_urdfs-{i:03d}" for i in range(size - 1)] + ["ycb-synthetic~orbit0"]
 
     def __len__(self):
         return len(self.items)

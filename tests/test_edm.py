@@ -208,3 +208,21 @@ def test_preconditioning_with_sigma_data_is_edms_general_form(sigma, sigma_data)
     target = (x0 - edm.c_skip(s, sd) * x) / edm.c_out(s, sd)
     assert target.std().item() == pytest.approx(1.0, abs=0.01)
     assert (edm.c_in(s, sd) * x).std().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_edm_stochastic_sampler_lands_on_a_point_is_pure_and_per_sample():
+    mu = torch.tensor([0.3, -0.8, 1.5], dtype=torch.float64)
+    sigmas = edm.karras_sigmas(25, 0.002, 80.0).double()
+    x = sigmas[0] * torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ideal = lambda x, s: mu.expand_as(x)  # noqa: E731
+    torch.testing.assert_close(edm.sample_euler_churn(ideal, x, sigmas), mu.expand(8, 3), atol=1e-9, rtol=0)
+
+    # on a Gaussian data distribution the churn's fresh noise is what makes it differ from Euler
+    model = _gaussian_data_denoiser(torch.zeros(3, dtype=torch.float64), 1.0)
+    a, b = edm.sample_euler_churn(model, x, sigmas), edm.sample_euler_churn(model, x, sigmas)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)  # a pure function of its inputs
+    assert not torch.allclose(a, edm.sample_euler(model, x, sigmas))
+    torch.testing.assert_close(edm.sample_euler_churn(model, x, sigmas, churn=0.0), edm.sample_euler(model, x, sigmas))
+    # a sample's noise comes from its own start: the same object in another batch, the same result
+    torch.testing.assert_close(edm.sample_euler_churn(model, x[2:5], sigmas), a[2:5], atol=0, rtol=0)
+    assert edm.SAMPLERS["euler_churn"] is edm.sample_euler_churn

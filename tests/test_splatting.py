@@ -253,3 +253,15 @@ def test_cuda_backend_matches_torch_backend():
     on_gpu.rgb.mean().backward()
     assert all(torch.isfinite(getattr(gc, f).grad).all() for f in ("means", "quats", "scales", "opacities", "colors"))
     assert math.isfinite(float(on_gpu.depth.sum()))
+
+
+def test_bf16_gaussians_under_autocast_render_in_float32():
+    """The rasterizer stays float32 whatever autocast surrounds it (bf16 training and sampling)."""
+    K, c2w = cameras(2, 16)
+    g = random_gaussians(1, 64)
+    g16 = g.to(torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = render(g16, K, c2w, 16, 16)
+    assert out.rgb.dtype == out.alpha.dtype == out.depth.dtype == torch.float32
+    # exactly the float32 render of the bf16-rounded Gaussians: nothing inside ran in bf16
+    assert_outputs_close(out, render(g16.to(torch.float32), K, c2w, 16, 16), atol=0)

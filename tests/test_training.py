@@ -15,6 +15,7 @@ from ouroboros3d.tracking import read_curves
 from ouroboros3d.training import (
     EMA,
     batch_indices,
+    batch_plan,
     checkpoint_metadata,
     load_training_state,
     lr_schedule,
@@ -64,6 +65,29 @@ def test_batch_indices_cover_each_epoch_and_are_reproducible():
     assert batch_indices(10, 2, 7, seed=1) == batch_indices(10, 2, 7, seed=1)
     assert batch_indices(10, 2, 0, seed=1) != batch_indices(10, 2, 0, seed=2)
     assert len(batch_indices(3, 5, 0, seed=0)) == 5  # batches larger than the dataset wrap round
+
+
+def test_real_share_fixes_each_batchs_mix_and_visits_every_real_object_reproducibly():
+    class Objects:
+        object_ids = [f"random_urdfs-{i:03d}" for i in range(20)] + [f"ycb-a~orbit{k}" for k in range(4)]
+
+        def __len__(self):
+            return len(self.object_ids)
+
+    objects = Objects()
+    real = set(range(20, 24))
+    plan = batch_plan(objects, 4, 0.5)
+    batches = [plan(step, 3) for step in range(10)]
+    assert all(len(b) == 4 and len(real & set(b)) == 2 for b in batches)  # 2 of 4, against the split's 1 in 6
+    # each group runs through its own epochs: 2 steps see all 4 real orbits, 10 steps all 20 procedural
+    assert set(batches[0] + batches[1]) >= real
+    assert {i for b in batches for i in b} == set(range(24))
+    assert plan(7, 3) == batch_plan(objects, 4, 0.5)(7, 3)  # a function of (seed, step): exact resume
+    assert batch_plan(objects, 4, None)(7, 3) == batch_indices(24, 4, 7, 3)  # null: the old draw
+    assert all(real >= set(b) for b in (batch_plan(objects, 4, 1.0)(s, 0) for s in range(3)))
+    objects.object_ids = objects.object_ids[:20]
+    with pytest.raises(ValueError, match=r"real_share 0\.5 asks for 2 real objects per batch; the split has none"):
+        batch_plan(objects, 4, 0.5)
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):
