@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # DVC stage commands call `python`: make it the venv's
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test lint venv clean-venv gpu-check
+.PHONY: repro test lint venv clean-venv gpu-check pretrain
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ venv: $(STAMP)
 ## repro: run the whole DVC pipeline with params.yaml (cpu-small profile)
 repro: $(STAMP)
 	$(BIN)/dvc repro
+
+## pretrain: re-create the published pretrained F and G (models/pretrain/, about an hour on
+## 2 cores); the pretrain_* stages are frozen so that `make repro` starts from the committed weights
+pretrain: $(STAMP)
+	$(BIN)/dvc unfreeze pretrain_denoiser pretrain_reconstructor
+	$(BIN)/dvc repro pretrain_denoiser pretrain_reconstructor; status=$$?; \
+	$(BIN)/dvc freeze pretrain_denoiser pretrain_reconstructor; exit $$status
 
 ## test: lint, then the whole test suite
 test: $(STAMP)

@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--pretrain", choices=("denoiser", "reconstructor"), help="pretrain one component")
     parser.add_argument("--init", help="folder with the pretrained denoiser/ and reconstructor/ to fine-tune from")
     parser.add_argument("--data", default="data", help="the data/ folder of the render and ccm stages")
+    parser.add_argument("--stop-after", type=int, help="stop after this many steps, writing no model (tests, probes)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.pretrain:
-        # pretraining is feedback-free; G's pretraining is on ground-truth views (joint off)
-        params = dataclasses.replace(params, feedback=False, joint=args.pretrain != "reconstructor")
+        params = params.for_pretraining(args.pretrain)
         settings, objective = getattr(params.pretrain, args.pretrain), args.pretrain
         name, out = f"pretrain_{args.pretrain}", Path("models/pretrain") / args.pretrain
         init = {args.pretrain: getattr(params.model, f"{args.pretrain}_init")}
@@ -88,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         objective=objective,
         validate=validate,
         validate_every=settings.validate_every,
+        stop_after=args.stop_after,
         log_params={  # the log's params.yaml: what this run started from
             "init": {k: "none" if v is None else str(v) for k, v in init.items()},
             "objects": len(dataset),
             "parameters": sum(p.numel() for p in model.parameters()),
         },
     )
-    if not PartialState().is_main_process:
-        return 0  # under `accelerate launch`, rank 0 alone writes the model
+    if not PartialState().is_main_process or not summary["finished"]:
+        return 0  # under `accelerate launch`, rank 0 alone writes the model; a stopped run writes none
     summary.pop("ema").copy_to(model)
     log_dir = Path("results/train") / name
     run = {k: summary[k] for k in ("steps", "finished", "seconds", "settings")}
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "objective": objective,
         "objects": len(dataset),
         "init": {k: v and str(v) for k, v in init.items()},
+        "fingerprint": fingerprint,
     }
     run |= {"metrics": read_metrics(log_dir), "metrics_file": str(log_dir / "metrics.json")}
     Ouroboros3DPipeline.from_model(model, params).save_pretrained(out, training=run)

@@ -401,6 +401,12 @@ class Params:
         unknown = [v for v in self.train_variants if v not in self.variants]
         _check(not unknown, "train_variants", f"unknown variant(s) {unknown}; have {sorted(self.variants)}")
 
+    def for_pretraining(self, part: str) -> Params:
+        """The params component ``part``'s pretraining runs with: no feedback (F alone), and G
+        on the ground-truth views (joint off); its settings are ``pretrain.<part>``."""
+        _check(part in ("denoiser", "reconstructor"), "pretrain", f"no component {part!r} to pretrain")
+        return dataclasses.replace(self, feedback=False, joint=part != "reconstructor")
+
     def with_variant(self, name: str) -> Params:
         """The params of variant ``name``: its ``variants`` block deep-merged over these params.
 

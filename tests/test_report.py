@@ -50,6 +50,7 @@ def test_claims_pair_the_runs_per_object_and_say_when_one_is_missing(tmp_path):
         "main",
         **{"3d_psnr": psnr, "mv_psnr": [p - s for p, s in zip(psnr, step, strict=True)], "cd": cd},
         copy_input_psnr=[30.0] * 5,
+        x0_psnr=[31.0, 31.2, 30.9, 31.1, 31.0],
     )
     _per_object_csv(
         tmp_path,
@@ -68,6 +69,9 @@ def test_claims_pair_the_runs_per_object_and_say_when_one_is_missing(tmp_path):
     assert verdicts[(baseline, "3d_psnr")] == ("–", "not measured (run missing)")  # no results/eval/baseline
     sanity = "(sanity) 3D renders beat copying the input view into every view"
     assert verdicts[(sanity, "3d_psnr − copy_input_psnr")][1] == "worse"
+    # the bar: F's conditional mean against copy-input, paired per object
+    x0 = "(sanity) F's 1-step conditional mean beats copying the input view"
+    assert verdicts[(x0, "x0_psnr − copy_input_psnr")] == ("+1.04 [+0.90, +1.18] (n=5)", "better")
     # the white baseline was not scored: no row for it
     assert not any("white" in r[1] for r in rows)
     assert rows[-1][2] == "-1.01 dB over 5 objects"
