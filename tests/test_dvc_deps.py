@@ -136,7 +136,7 @@ def test_editing_an_inactive_preset_changes_no_stage_but_the_active_preset_does(
     active["presets"]["cpu-small"] = {"train": {"steps": raw["train"]["steps"] + 1}}
     after = _tracked_values(active)
     changed = sorted(name for name in before if after[name] != before[name])
-    assert changed == ["train", *(f"train_variant@{v}" for v in raw["train_variants"])]
+    assert changed == sorted(["train", *(f"train_variant@{v}" for v in raw["train_variants"])])
 
 
 def test_the_committed_resolved_params_are_those_of_the_committed_params_yaml():
