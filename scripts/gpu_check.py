@@ -165,6 +165,7 @@ def check_training(params, steps: int, objects: int, mixed_precision: str = "bf1
         warmup_steps=min(params.train.warmup_steps, max(1, steps // 5)),
         checkpoint_every=steps,  # one checkpoint, at the end (the loop always writes one there)
         log_every=max(1, steps // 10),
+        real_share=None,  # synthetic discs: no real scans to draw a share of the batch from
     )
     dataset = synthetic_dataset(params, objects)
     torch.manual_seed(params.seed)
