@@ -41,8 +41,9 @@ def batch_for(params, batch_size):
     return {"views": views, "input_view": views[:, 0], "alpha": alpha, "K": K, "c2w": c2w}
 
 
-def timed(fn, iters):
-    fn()  # warm-up
+def timed(fn, iters, warmup=1):
+    for _ in range(warmup):  # the first calls pay one-off allocation and kernel-selection costs
+        fn()
     times = []
     for _ in range(iters):
         t = time.perf_counter()
@@ -51,9 +52,9 @@ def timed(fn, iters):
     return statistics.median(times)
 
 
-def matmul_rate(n=1024, iters=5):
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    seconds = timed(lambda: a @ b, iters)
+def matmul_rate(n=1024, iters=5, dtype=torch.float32, warmup=1):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    seconds = timed(lambda: a @ b, iters, warmup)
     return 2 * n**3 / seconds
 
 

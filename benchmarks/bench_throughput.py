@@ -28,12 +28,11 @@ import contextlib
 import copy
 import json
 import platform
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
+from bench_ouroboros import matmul_rate, timed  # the benchmarks' one timer (run as a script from benchmarks/)
 from torch.utils.flop_counter import FlopCounterMode
 
 from ouroboros3d.build import build_model
@@ -53,22 +52,6 @@ def cpu_matrix_units() -> list[str]:
 
 def autocast(precision: str):
     return torch.autocast("cpu", torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
-def timed(fn, iters: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def matmul_flops(dtype: torch.dtype, n: int = 2048, iters: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, iters, warmup=2)
 
 
 def training_step(model, params, objective: str, batch_size: int, precision: str, variant: str | None = None):
@@ -137,9 +120,9 @@ def main() -> None:
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and bool(out["matrix_units"]))
     precisions = ("fp32", "bf16") if bf16 else ("fp32",)
     fast = precisions[-1]
-    peak = {p: matmul_flops(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    peak = {p: matmul_rate(2048, 5, torch.float32 if p == "fp32" else torch.bfloat16, 2) for p in precisions}
     if not bf16:  # one small bf16 matmul says what bf16 would cost here
-        peak_bf16 = matmul_flops(torch.bfloat16, n=512, iters=2)
+        peak_bf16 = matmul_rate(512, 2, torch.bfloat16, 2)
         out["bf16_matmul_gflops_without_units"] = round(peak_bf16 / 1e9, 2)
         print(f"bf16 not timed further: a 512² bf16 matmul runs at {peak_bf16 / 1e9:.1f} GFLOP/s on this CPU")
     out["matmul_gflops"] = {p: round(v / 1e9, 1) for p, v in peak.items()}

@@ -466,98 +466,59 @@ def sample(
     """
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
-    autocast = torch.autocast(input_view.device.type, torch.bfloat16, enabled=mixed_precision == "bf16")
-    with autocast:
-        return _sample(
-            model,
-            input_view,
-            K,
-            c2w,
-            steps,
-            sigma_min,
-            sigma_max,
-            guidance,
-            guidance_sigmas,
-            feedback_start,
-            reconstruct,
-            generator,
-            keep_steps,
-            sampler,
-            on_step,
-            noise,
-        )
+    with torch.autocast(input_view.device.type, torch.bfloat16, enabled=mixed_precision == "bf16"):
+        if reconstruct not in ("every_step", "final", "none"):
+            raise ValueError(f"reconstruct must be every_step, final or none, got {reconstruct!r}")
+        recursive = reconstruct == "every_step"
+        b, v = input_view.shape[0], K.shape[1]
+        height, width = input_view.shape[-2:]
+        cond = model.condition(input_view, K, c2w)
+        shape = (b, v, model.autoencoder.latent_channels, *cond["cond_latent"].shape[-2:])
+        sigmas = edm.karras_sigmas(steps, sigma_min, sigma_max).to(input_view.device)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x = sigmas[0] * noise.to(input_view)
+        like = torch.zeros(b, v, 3, height, width, device=input_view.device, dtype=input_view.dtype)
+        zeros = model.zero_feedback(like)
+        window = feedback_window(steps, feedback_start)
+        scales = guidance_scales(v, *guidance).to(x).view(1, v, 1, 1, 1)
+        guided = tuple(guidance) != (1.0, 1.0)
+        # the unconditional branch: the same conditioning with the image dropped, as in training
+        uncond = cond | {k: torch.zeros_like(cond[k]) for k in ("cond_latent", "cond_embedding")}
 
+        def denoiser(x, sigma, feedback=None, **c):
+            out = model.denoiser(x, sigma, **c, feedback=feedback)
+            if not guided or (guidance_sigmas is not None and not guidance_sigmas[0] <= sigma <= guidance_sigmas[1]):
+                return out
+            out_uncond = model.denoiser(x, sigma, **uncond, feedback=feedback)
+            return out_uncond + scales * (out - out_uncond)
 
-def _sample(
-    model,
-    input_view,
-    K,
-    c2w,
-    steps,
-    sigma_min,
-    sigma_max,
-    guidance,
-    guidance_sigmas,
-    feedback_start,
-    reconstruct,
-    generator,
-    keep_steps,
-    sampler,
-    on_step,
-    noise,
-) -> SampleResult:
-    if reconstruct not in ("every_step", "final", "none"):
-        raise ValueError(f"reconstruct must be every_step, final or none, got {reconstruct!r}")
-    recursive = reconstruct == "every_step"
-    b, v = input_view.shape[0], K.shape[1]
-    height, width = input_view.shape[-2:]
-    cond = model.condition(input_view, K, c2w)
-    shape = (b, v, model.autoencoder.latent_channels, *cond["cond_latent"].shape[-2:])
-    sigmas = edm.karras_sigmas(steps, sigma_min, sigma_max).to(input_view.device)
-    if noise is None:
-        noise = torch.randn(shape, generator=generator)
-    elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-    x = sigmas[0] * noise.to(input_view)
-    like = torch.zeros(b, v, 3, height, width, device=input_view.device, dtype=input_view.dtype)
-    zeros = model.zero_feedback(like)
-    window = feedback_window(steps, feedback_start)
-    scales = guidance_scales(v, *guidance).to(x).view(1, v, 1, 1, 1)
-    guided = tuple(guidance) != (1.0, 1.0)
-    # the unconditional branch: the same conditioning with the image dropped, as in training
-    uncond = cond | {k: torch.zeros_like(cond[k]) for k in ("cond_latent", "cond_embedding")}
+        records: list[StepRecord] = []
+        last: list[Reconstruction | None] = [None]
 
-    def denoiser(x, sigma, feedback=None, **c):
-        out = model.denoiser(x, sigma, **c, feedback=feedback)
-        if not guided or (guidance_sigmas is not None and not guidance_sigmas[0] <= sigma <= guidance_sigmas[1]):
-            return out
-        out_uncond = model.denoiser(x, sigma, **uncond, feedback=feedback)
-        return out_uncond + scales * (out - out_uncond)
-
-    records: list[StepRecord] = []
-    last: list[Reconstruction | None] = [None]
-
-    def callback(info):
-        if not recursive:
+        def callback(info):
+            if not recursive:
+                if on_step is not None:
+                    on_step({"i": info["i"], "steps": steps, "sigma": float(info["sigma"]), "record": None})
+                return None
+            views = model.decode_views(info["denoised"], input_view).clamp(0, 1)
+            recon = model.reconstruct(views, K, c2w, info["sigma"].expand(b))
+            last[0] = recon
+            fed = model.has_feedback and info["i"] + 1 < steps and window[info["i"] + 1]
+            record = StepRecord(info["i"], float(info["sigma"]), views, recon, fed) if keep_steps or on_step else None
+            if keep_steps:
+                records.append(record)
             if on_step is not None:
-                on_step({"i": info["i"], "steps": steps, "sigma": float(info["sigma"]), "record": None})
-            return None
-        views = model.decode_views(info["denoised"], input_view).clamp(0, 1)
-        recon = model.reconstruct(views, K, c2w, info["sigma"].expand(b))
-        last[0] = recon
-        fed = model.has_feedback and info["i"] + 1 < steps and window[info["i"] + 1]
-        record = StepRecord(info["i"], float(info["sigma"]), views, recon, fed) if keep_steps or on_step else None
-        if keep_steps:
-            records.append(record)
-        if on_step is not None:
-            on_step({"i": info["i"], "steps": steps, "sigma": record.sigma, "record": record})
-        if not model.has_feedback:
-            return None
-        return {"feedback": recon.feedback(model.feedback_maps) if fed else zeros}
+                on_step({"i": info["i"], "steps": steps, "sigma": record.sigma, "record": record})
+            if not model.has_feedback:
+                return None
+            return {"feedback": recon.feedback(model.feedback_maps) if fed else zeros}
 
-    x = sampler(denoiser, x, sigmas, callback=callback, cond={**cond, "feedback": zeros})
-    views = model.decode_views(x, input_view).clamp(0, 1)
-    recon = last[0]
-    if reconstruct == "final":
-        recon = model.reconstruct(views, K, c2w, sigmas[-2].expand(b))
-    return SampleResult(views, None if recon is None else recon.gaussians, recon, records)
+        x = sampler(denoiser, x, sigmas, callback=callback, cond={**cond, "feedback": zeros})
+        views = model.decode_views(x, input_view).clamp(0, 1)
+        recon = last[0]
+        if reconstruct == "final":
+            recon = model.reconstruct(views, K, c2w, sigmas[-2].expand(b))
+        return SampleResult(views, None if recon is None else recon.gaussians, recon, records)
