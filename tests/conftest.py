@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every test tensor is tiny: one thread. Two OpenMP threads spin-wait whenever another process
 # (an xdist worker) holds the other core, and then run 10-100x slower.
 torch.set_num_threads(1)
+# ... and so is every child process a test starts (stage scripts, dvc, accelerate's ranks): a
+# child with 2 threads beside the other xdist worker once slowed a 2-rank run past its timeout.
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
 
 
 def load_script(name: str):

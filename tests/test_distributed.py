@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, synthetic_batch, tiny_params
+from conftest import CHILD_ENV, ROOT, synthetic_batch, tiny_params
 from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model
@@ -34,6 +34,9 @@ from ouroboros3d.training import batch_indices, checkpoint_metadata, step_draws
 # lr 1e-3: weights 2.6e-3 apart, losses 4e-5). In float64, measured: losses <= 1.1e-13 apart,
 # weights <= 5.3e-11. The in-process loss checks run in float32.
 ATOL = 1e-9
+# a guard against a hung run, not a speed goal: alone, a tiny 2-rank run takes about 15 s, but
+# beside the other xdist worker's stage scripts on 2 cores it once took over 240 s
+LAUNCH_TIMEOUT = 900
 ATOL_FLOAT32 = 1e-6
 
 
@@ -145,7 +148,7 @@ sys.stderr.flush()
 os._exit(0)
 """
 
-ENV = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "tests")}
+ENV = os.environ | CHILD_ENV | {"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "tests")}
 
 
 def _command(driver: Path, out: Path, batch_size: int, ranks: int, pause_at: int = 0, objective="joint") -> list[str]:
@@ -184,7 +187,7 @@ def _kill(launcher: subprocess.Popen, out: Path) -> None:
 def _run(driver: Path, out: Path, batch_size: int, ranks: int, objective="joint") -> tuple[dict, dict]:
     launcher = _start(_command(driver, out, batch_size, ranks, objective=objective), out)
     try:
-        launcher.wait(timeout=240)
+        launcher.wait(timeout=LAUNCH_TIMEOUT)
     finally:
         if launcher.returncode is None:  # timed out: leave no rank behind
             _kill(launcher, out)
@@ -235,7 +238,7 @@ def test_a_two_rank_run_killed_and_resumed_ends_as_the_uninterrupted_one(driver,
     out = tmp_path / "killed"
     launcher = _start(_command(driver, out, 1, ranks=2, pause_at=3), out)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
         while not ((out / "paused").exists() and (out / "pid.1").exists()):
             assert launcher.poll() is None, _log(out)
             assert time.monotonic() < deadline, "the 2-rank run never reached step 3"

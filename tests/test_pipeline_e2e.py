@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, tiny_raw
+from conftest import CHILD_ENV, ROOT, tiny_raw
 from PIL import Image
 from safetensors import safe_open
 
@@ -53,11 +53,8 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
         evaluation={"gt_points": 2000, "step_objects": 1, "batch_size": 2},
     )
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = os.environ | {
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo),  # the copy's package, whatever the venv's editable install points at
-        "DVC_NO_ANALYTICS": "1",
-    }
+    # PYTHONPATH: the copy's package, whatever the venv's editable install points at
+    env = os.environ | CHILD_ENV | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo)}
     # the published pretrained weights are for params.yaml, not these tiny params: re-create them
     # as the README says (the pretraining stages are frozen so that a clone starts from them)
     unfreeze = [str(BIN / "dvc"), "unfreeze", "pretrain_denoiser", "pretrain_reconstructor"]

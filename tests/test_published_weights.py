@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import CHILD_ENV, ROOT
 
 from ouroboros3d.build import training_fingerprint
 from ouroboros3d.checkpoint import read_checkpoint_params
@@ -59,7 +59,7 @@ def test_pretraining_f_reproduces_its_published_curve_from_the_seed(tmp_path):
     """Render the train and val splits, run F's pretraining stage for its first logged steps,
     and compare the loss with the committed curve. On this project's CPUs it is the same to the
     bit; another CPU's float32 kernels may differ in the last bits, hence the 1e-4 tolerance."""
-    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT)}
+    env = os.environ | CHILD_ENV | {"PYTHONPATH": str(ROOT)}
     python, params = sys.executable, str(ROOT / "params.yaml")
     data = tmp_path / "data"
     for cmd in (
