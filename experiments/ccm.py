@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ouroboros3d.config import load_params
 from ouroboros3d.data import SPLITS, write_ccms
 from ouroboros3d.data.figures import dataset_figure, pick_figure_objects
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--renders", default="data/renders")
     parser.add_argument("--out", default="data/ccm")

@@ -35,7 +35,7 @@ import torch
 from ouroboros3d.checkpoint import load_checkpoint
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.errors import GenerationError, guard
+from ouroboros3d.errors import ArgumentParser, GenerationError, guard
 from ouroboros3d.evaluation import (
     Evaluator,
     dvc_metrics,
@@ -52,7 +52,7 @@ from ouroboros3d.model import sample_kwargs
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--variant", default="main", help="the model folder name under --models")
     parser.add_argument("--models", default="models", help="folder holding models/<variant>/")

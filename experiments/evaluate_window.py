@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ouroboros3d.checkpoint import read_checkpoint_params
-from ouroboros3d.errors import UserError, guard
+from ouroboros3d.errors import ArgumentParser, UserError, guard
 from ouroboros3d.evaluation import run_name
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 
@@ -32,11 +32,11 @@ MESH_COLUMNS = ("mesh_", "volume_iou")  # prefixes of the columns only Table 2's
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    own = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    own = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     own.add_argument("--same-as", default=None, help="the full run of the same weights, reused without feedback")
     args, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     # the options of experiments/evaluate.py this stage needs to know (the rest pass through)
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--variant", default="main")
     common.add_argument("--models", default="models")
     common.add_argument("--out", default="results/eval")

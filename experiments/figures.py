@@ -26,14 +26,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.figures import curves, curves_figure, learning_figure, load_run, png_bytes, steps_figure
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", default="results/eval", help="the folder of experiments/evaluate.py's runs")
     parser.add_argument(
         "--runs", nargs="+", default=["feedback=main", "no_feedback=main-fs1.0"], help="label=run folder pairs"

@@ -7,7 +7,6 @@ the Gaussians as `generate --mesh` does and writes the mesh, rendered from four 
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from ouroboros3d import cameras
 from ouroboros3d.data.render import render_views
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.generate import generate, surface_mesh, write_outputs
 from ouroboros3d.io import atomic_write_bytes
 from ouroboros3d.meshing import MeshError, write_mesh
@@ -44,7 +43,7 @@ def note_picture(text: str, size: tuple[int, int] = (768, 192)) -> bytes:
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--renders", default="data/renders/eval")
     parser.add_argument("--object", default="ycb-006_mustard_bottle", help="falls back to the first eval object")
     parser.add_argument("--checkpoint", default="models/main")

@@ -11,12 +11,12 @@ import sys
 
 from ouroboros3d.config import load_params
 from ouroboros3d.data import SPLITS, merge_shards, render_dataset
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="data/renders")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)

@@ -15,14 +15,14 @@ import argparse
 from pathlib import Path
 
 from ouroboros3d.config import load_params
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.io import atomic_write_text
 from ouroboros3d.reporting import render_report
 
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--results", default="results")
     parser.add_argument("--template", default="paper/report_template.md")

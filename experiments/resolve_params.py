@@ -9,13 +9,12 @@ where it takes effect.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import yaml
 
 from ouroboros3d.config import RESOLVED_PARAMS, load_params, resolved_params
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.io import atomic_write_text
 
 HEADER = "# params.yaml with its preset applied, written by experiments/resolve_params.py: do not edit\n"
@@ -23,7 +22,7 @@ HEADER = "# params.yaml with its preset applied, written by experiments/resolve_
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default=RESOLVED_PARAMS)
     args = parser.parse_args(argv)

@@ -23,14 +23,14 @@ import argparse
 from pathlib import Path
 
 from ouroboros3d.config import load_params
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.io import atomic_write_text
 from ouroboros3d.tables import build_tables, load_runs, protocol_notes, variant_switches
 
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--eval", default="results/eval", help="the folder of experiments/evaluate.py's runs")
     parser.add_argument("--out", default="results/tables")

@@ -27,7 +27,7 @@ from accelerate import PartialState
 from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.errors import guard
+from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.perceptual import load_lpips
 from ouroboros3d.pipeline import Ouroboros3DPipeline
 from ouroboros3d.tracking import read_metrics
@@ -37,7 +37,7 @@ from ouroboros3d.validation import reconstruction_scores, stack_items, validatio
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--variant", default="main", help="main (the top-level params) or a name in params `variants`")

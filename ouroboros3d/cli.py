@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import EXIT_USAGE, UserError, expected_errors, guard
+from .errors import EXIT_USAGE, ArgumentParser, UserError, expected_errors, guard
 
 __all__ = ["EXIT_SOME_FAILED", "build_parser", "find_images", "is_finished", "main"]
 
@@ -112,9 +112,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ouroboros3d", description="Ouroboros3D: image-to-3D by 3D-aware recursive diffusion."
-    )
+    parser = ArgumentParser(prog="ouroboros3d", description="Ouroboros3D: image-to-3D by 3D-aware recursive diffusion.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     return parser

@@ -7,11 +7,12 @@ traceback. ``--debug`` anywhere on the command line shows the traceback of expec
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
 
-__all__ = ["EXIT_USAGE", "GenerationError", "UserError", "expected_errors", "guard", "one_line"]
+__all__ = ["EXIT_USAGE", "ArgumentParser", "GenerationError", "UserError", "expected_errors", "guard", "one_line"]
 
 EXIT_USAGE = 2
 
@@ -23,6 +24,14 @@ class UserError(Exception):
 
 class GenerationError(UserError, RuntimeError):
     """A user-facing failure of image-to-3D generation (image, checkpoint, device); one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors (a bad option, a missing argument) are
+    :class:`UserError`: one ``error:`` line under :func:`guard`, not a usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
 
 
 def one_line(e: BaseException) -> str:
