@@ -100,7 +100,7 @@ def main():
                 steps=steps,
                 guidance=guidance,
                 reconstruct=reconstruct,
-                generator=torch.Generator().manual_seed(0),
+                seeds=[0],
             )
 
         return run

@@ -172,7 +172,7 @@ def main() -> None:
         kwargs = sample_kwargs(params.sample, mixed_precision="no" if precision == "fp32" else "bf16")
 
         def run(kwargs=kwargs):
-            sample(model, batch["input_view"], batch["K"], batch["c2w"], generator=torch.Generator(), **kwargs)
+            sample(model, batch["input_view"], batch["K"], batch["c2w"], **kwargs)
 
         seconds = timed(run, max(1, args.iters - 1))
         out["sampling"][precision] = {

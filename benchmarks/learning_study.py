@@ -33,10 +33,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ouroboros3d import edm
 from ouroboros3d.build import build_model, initialise
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.io import atomic_write_bytes
+from ouroboros3d.metrics import object_seed
+from ouroboros3d.model import sample_kwargs
 from ouroboros3d.tracking import read_curves
 from ouroboros3d.training import train
 from ouroboros3d.validation import stack_items, validation_scores
@@ -72,13 +75,17 @@ def _csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def _val(params, data: str):
+    """The val split as one batch, and each object's noise seed (as the training's validation)."""
     val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
-    return stack_items([val[i] for i in range(len(val))])
+    items = [val[i] for i in range(len(val))]
+    return stack_items(items), [object_seed(params.seed, it["object_id"]) for it in items]
 
 
-def _scores(model, batch, params, **kw) -> dict:
-    sp = params.sample
-    return validation_scores(model, batch, sigma_min=sp.sigma_min, sigma_max=sp.sigma_max, seed=params.seed, **kw)
+def _scores(model, val, params, **kw) -> dict:
+    """Scores with the params' sampler, overridden by ``kw`` (steps, guidance, sampler name, ...)."""
+    if "sampler" in kw:
+        kw["sampler"] = edm.SAMPLERS[kw["sampler"]]
+    return validation_scores(model, *val, sample_kwargs(params.sample, **kw))
 
 
 def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every: int, seconds: float | None):

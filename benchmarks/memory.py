@@ -264,7 +264,7 @@ def measure_sample(params: Params, device: str) -> dict:
             one["K"],
             one["c2w"],
             **sample_kwargs(sp, reconstruct="every_step"),
-            generator=torch.Generator().manual_seed(0),
+            seeds=[0],
         )
         _sync(device)
         seconds = time.perf_counter() - t0

@@ -28,6 +28,8 @@ from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.errors import ArgumentParser, guard
+from ouroboros3d.metrics import object_seed
+from ouroboros3d.model import sample_kwargs
 from ouroboros3d.perceptual import load_lpips
 from ouroboros3d.pipeline import Ouroboros3DPipeline
 from ouroboros3d.tracking import read_metrics
@@ -66,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     val = MultiViewDataset.for_split("val", args.data, params.ccm.normalization)
-    val_batch = stack_items([val[i] for i in range(len(val))])
-    sp = params.sample
+    val_items = [val[i] for i in range(len(val))]
+    val_batch = stack_items(val_items)
+    val_seeds = [object_seed(params.seed, it["object_id"]) for it in val_items]
 
-    def validate(m):  # G on the val views; else plain multi-view diffusion: Euler, no guidance
+    def validate(m):  # G on the val views; else F with the params' sampler, G out of the loop
         if objective == "reconstructor":
             return reconstruction_scores(m, val_batch)
-        kwargs = dict(sigma_min=sp.sigma_min, sigma_max=sp.sigma_max, steps=sp.steps)
-        return validation_scores(m, val_batch, seed=params.seed, **kwargs)
+        return validation_scores(m, val_batch, val_seeds, sample_kwargs(params.sample))
 
     summary = train(
         model,

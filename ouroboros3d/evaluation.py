@@ -56,13 +56,6 @@ def _uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def _noise(model, seeds: list[int], num_views: int, height: int, width: int) -> torch.Tensor:
-    """Each object's unit-variance initial noise from its own seed (as ``sample`` draws it for a batch of one)."""
-    ae = model.autoencoder
-    shape = (1, num_views, ae.latent_channels, height // ae.downscale, width // ae.downscale)
-    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-
-
 class Evaluator:
     """Samples batches of eval items and turns them into per-object rows and per-step rows."""
 
@@ -133,7 +126,7 @@ class Evaluator:
                 per_step[i].append((info["i"], info["sigma"], record, self._step_row(record, stack, i, gts[i])))
 
         start = time.perf_counter()
-        kwargs = dict(self.sample_kwargs, on_step=on_step, noise=_noise(self.model, seeds, v, h, w).to(dev))
+        kwargs = dict(self.sample_kwargs, on_step=on_step, seeds=seeds)
         result = sample(self.model, stack["input_view"], stack["K"], stack["c2w"], **kwargs)
         self.seconds_sampling += time.perf_counter() - start
 
@@ -151,7 +144,7 @@ class Evaluator:
         with torch.no_grad():
             recon_gt = self.model.reconstruct(gt_views, stack["K"], stack["c2w"], None)
         columns |= self.images(recon_gt.rgb, gt_views, "recon_gt")
-        one_step = dict(self.sample_kwargs, steps=1, guidance=(1.0, 1.0), reconstruct="none", noise=kwargs["noise"])
+        one_step = dict(self.sample_kwargs, steps=1, guidance=(1.0, 1.0), reconstruct="none", seeds=seeds)
         x0 = sample(self.model, stack["input_view"], stack["K"], stack["c2w"], **one_step).views
         columns |= self.images(x0, gt_views, "x0")
         copy = metrics.copy_input_baseline(stack["input_view"], v)

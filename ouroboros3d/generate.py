@@ -203,7 +203,6 @@ def generate(
 
     dev = str(ckpt.device)
     feedback_start = params.sample.feedback_start if feedback else 1.0
-    generator = torch.Generator().manual_seed(int(seed))
     t0 = time.perf_counter()
     try:
         out = sample(
@@ -212,7 +211,7 @@ def generate(
             K[None].to(dev),
             c2w[None].to(dev),
             **sample_kwargs(params.sample, steps=steps, feedback_start=feedback_start),
-            generator=generator,
+            seeds=[int(seed)],
             on_step=on_step,
         )
     finally:

@@ -35,6 +35,7 @@ __all__ = [
     "SampleResult",
     "StepRecord",
     "denoiser_losses",
+    "initial_noise",
     "recolour",
     "reconstructor_losses",
     "sample",
@@ -422,6 +423,17 @@ def sample_kwargs(settings, **overrides) -> dict:
     return kwargs | overrides
 
 
+def initial_noise(model: Ouroboros3D, seeds: Sequence[int], num_views: int, height: int, width: int) -> torch.Tensor:
+    """The sampler's unit-variance starting noise, latent-shaped: (B, V, C, h, w), object b's
+    drawn from a generator of its own ``seeds[b]`` alone (batch-independent, exact on resume).
+
+    The one place it is built: sampling, the evaluation and the validation all start here.
+    """
+    ae = model.autoencoder
+    shape = (num_views, ae.latent_channels, height // ae.downscale, width // ae.downscale)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 @torch.no_grad()
 def sample(
     model: Ouroboros3D,
@@ -436,11 +448,10 @@ def sample(
     guidance_sigmas: tuple[float, float] | None = None,
     feedback_start: float = 0.0,
     reconstruct: str = "every_step",
-    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
     keep_steps: bool = False,
     sampler=edm.sample_euler,
     on_step: Callable[[dict], None] | None = None,
-    noise: torch.Tensor | None = None,
     mixed_precision: str = "no",
 ) -> SampleResult:
     """Algorithm 2: generate V views of ``input_view`` (B, 3, H, W) and their 3D Gaussians.
@@ -457,8 +468,10 @@ def sample(
     ``guidance_sigmas`` = (lo, hi) applies the guidance only at noise levels in that interval
     (Kynkäänniemi et al. 2024); None applies it at every step.
 
-    ``noise`` (B, V, C, h, w), standard normal, replaces the draw from ``generator``: a
-    caller that seeds each object's noise gets results independent of the batch size.
+    ``seeds`` (one per object; None: 0, 1, ..., B-1) seed each object's initial noise
+    (:func:`initial_noise`): an object's views do not depend on the batch it is sampled in.
+    With guidance, the conditional and unconditional branches run as one batch of 2B (as
+    diffusers' SVD pipeline), one denoiser pass per step.
 
     ``mixed_precision`` = "bf16" runs F's and G's networks under bf16 autocast (CPU AMX, GPU
     tensor cores); the EDM scalings, the sampler's updates, camera rays, the rasterizer and
@@ -473,13 +486,11 @@ def sample(
         b, v = input_view.shape[0], K.shape[1]
         height, width = input_view.shape[-2:]
         cond = model.condition(input_view, K, c2w)
-        shape = (b, v, model.autoencoder.latent_channels, *cond["cond_latent"].shape[-2:])
         sigmas = edm.karras_sigmas(steps, sigma_min, sigma_max).to(input_view.device)
-        if noise is None:
-            noise = torch.randn(shape, generator=generator)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x = sigmas[0] * noise.to(input_view)
+        seeds = range(b) if seeds is None else seeds
+        if len(seeds) != b:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {b} objects")
+        x = sigmas[0] * initial_noise(model, seeds, v, height, width).to(input_view)
         like = torch.zeros(b, v, 3, height, width, device=input_view.device, dtype=input_view.dtype)
         zeros = model.zero_feedback(like)
         window = feedback_window(steps, feedback_start)
@@ -489,10 +500,12 @@ def sample(
         uncond = cond | {k: torch.zeros_like(cond[k]) for k in ("cond_latent", "cond_embedding")}
 
         def denoiser(x, sigma, feedback=None, **c):
-            out = model.denoiser(x, sigma, **c, feedback=feedback)
             if not guided or (guidance_sigmas is not None and not guidance_sigmas[0] <= sigma <= guidance_sigmas[1]):
-                return out
-            out_uncond = model.denoiser(x, sigma, **uncond, feedback=feedback)
+                return model.denoiser(x, sigma, **c, feedback=feedback)
+            # both branches in one pass: [conditional; unconditional], the same x and feedback
+            both = {k: torch.cat([c[k], uncond[k]]) for k in c}
+            fed = None if feedback is None else {k: torch.cat([m, m]) for k, m in feedback.items()}
+            out, out_uncond = model.denoiser(torch.cat([x, x]), sigma, **both, feedback=fed).chunk(2)
             return out_uncond + scales * (out - out_uncond)
 
         records: list[StepRecord] = []

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from . import edm
 from .model import Ouroboros3D, sample
 
 __all__ = ["psnr", "reconstruction_scores", "stack_items", "validation_scores"]
@@ -36,37 +35,21 @@ def stack_items(items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def validation_scores(
-    model: Ouroboros3D,
-    batch: Mapping[str, torch.Tensor],
-    *,
-    steps: int = 25,
-    sigma_max: float = 80.0,
-    sigma_min: float = 0.002,
-    guidance: tuple[float, float] = (1.0, 1.0),
-    guidance_sigmas: tuple[float, float] | None = None,
-    sampler: str = "euler",
-    seed: int = 0,
+    model: Ouroboros3D, batch: Mapping[str, torch.Tensor], seeds: Sequence[int], sample_kwargs: Mapping
 ) -> dict[str, float]:
-    """Mean scores over the objects of ``batch`` (see the module docstring); the model is left as it was."""
+    """Mean scores over the objects of ``batch`` (see the module docstring); the model is left as it was.
+
+    ``sample_kwargs`` are :func:`~ouroboros3d.model.sample_kwargs` of the params (the sampler
+    the evaluation uses), ``seeds`` each object's noise seed. G stays out of the loop
+    (``reconstruct="none"``): the scores are F's.
+    """
     was_training = model.training
     model.eval()
     target = batch["views"][:, 1:]
-    shape = batch["views"].shape
-    noise = torch.randn(
-        (shape[0], shape[1], model.autoencoder.latent_channels, *batch["input_view"].shape[-2:]),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    common = dict(sigma_min=sigma_min, sigma_max=sigma_max, reconstruct="none", noise=noise)
     args = (model, batch["input_view"], batch["K"], batch["c2w"])
-    x0 = sample(*args, steps=1, guidance=(1.0, 1.0), **common).views
-    views = sample(
-        *args,
-        steps=steps,
-        guidance=guidance,
-        guidance_sigmas=guidance_sigmas,
-        sampler=edm.SAMPLERS[sampler],
-        **common,
-    ).views
+    plain = dict(sample_kwargs, reconstruct="none", seeds=seeds)
+    x0 = sample(*args, **plain | {"steps": 1, "guidance": (1.0, 1.0)}).views
+    views = sample(*args, **plain).views
     model.train(was_training)
     return {
         "x0_psnr": psnr(x0[:, 1:], target).mean().item(),

@@ -227,7 +227,7 @@ def check_sampling(model, params) -> dict:
         item["K"][None].to(device),
         item["c2w"][None].to(device),
         **sample_kwargs(sp, reconstruct="every_step"),
-        generator=torch.Generator().manual_seed(0),
+        seeds=[0],
     )
     sync()
     seconds = time.perf_counter() - t0

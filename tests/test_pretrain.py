@@ -11,7 +11,7 @@ from conftest import SyntheticDataset, synthetic_batch, tiny_params
 
 from ouroboros3d.build import InitError, build_model, initialise, training_fingerprint
 from ouroboros3d.config import ParamsError, load_params
-from ouroboros3d.model import recolour, sample
+from ouroboros3d.model import recolour, sample, sample_kwargs
 from ouroboros3d.pipeline import Ouroboros3DPipeline
 from ouroboros3d.tracking import read_curves, read_metrics
 from ouroboros3d.training import _lr_factor, train
@@ -96,6 +96,8 @@ def test_validation_curve_is_logged_for_the_ema_and_resumes_without_repeats(tmp_
     params = tiny_params(feedback=False)
     batch = synthetic_batch(params)
 
+    kwargs = sample_kwargs(params.sample, steps=2)
+
     def run(stop_after=None):
         torch.manual_seed(0)
         model = build_model(params)
@@ -103,7 +105,7 @@ def test_validation_curve_is_logged_for_the_ema_and_resumes_without_repeats(tmp_
         train(
             model, SyntheticDataset(params), settings, tmp_path / "c", tmp_path / "log", seed=0,
             fingerprint="f", progress=False, objective="denoiser", stop_after=stop_after,
-            validate=lambda m: validation_scores(m, batch, steps=2), validate_every=1,
+            validate=lambda m: validation_scores(m, batch, [0, 1], kwargs), validate_every=1,
         )  # fmt: skip
 
     run(stop_after=3)  # killed after step 3: the checkpoint is at step 2
@@ -131,7 +133,8 @@ def test_reconstruction_scores_are_g_on_the_ground_truth_views():
         rgb = model.eval().reconstruct(batch["views"], batch["K"], batch["c2w"], None).rgb
     mse = ((rgb[:, 1:].clamp(0, 1) - batch["views"][:, 1:]) ** 2).flatten(2).mean(2)
     assert scores["recon_psnr"] == pytest.approx((-10 * torch.log10(mse)).mean().item(), abs=1e-4)
-    assert scores["copy_input_psnr"] == pytest.approx(validation_scores(model, batch, steps=1)["copy_input_psnr"])
+    sampled = validation_scores(model, batch, [0, 1], sample_kwargs(params.sample, steps=1))
+    assert scores["copy_input_psnr"] == pytest.approx(sampled["copy_input_psnr"])
 
 
 def test_recolour_permutes_channels_the_same_way_in_every_view():
@@ -161,7 +164,7 @@ def test_guidance_only_inside_its_sigma_interval():
     model = build_model(params).eval()
     batch = synthetic_batch(params)
     args = (model, batch["input_view"], batch["K"], batch["c2w"])
-    common = dict(steps=3, sigma_max=80.0, reconstruct="none", generator=None, noise=torch.randn(2, 4, 3, 16, 16))
+    common = dict(steps=3, sigma_max=80.0, reconstruct="none", seeds=[0, 1])
     for p in model.denoiser.net.parameters():  # a non-trivial network: cond and uncond differ
         torch.nn.init.normal_(p, std=0.05)
     plain = sample(*args, guidance=(1.0, 1.0), **common).views
