@@ -10,6 +10,7 @@ Depth is z-depth; pixels with depth <= 0 are background and get ``background``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,10 @@ class CCMNormalization:
     background: float = 0.0
 
     def __post_init__(self):
+        values = {"scale": self.scale, "offset": self.offset, "background": self.background}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:  # a NaN offset would write NaN into every surface pixel of every CCM
+            raise ValueError(f"CCM normalisation must be finite, got {bad}")
         if self.scale <= 0:
             raise ValueError(f"CCM scale must be positive, got {self.scale}")
         if not 0.0 <= self.background <= 1.0:

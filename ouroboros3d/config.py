@@ -3,12 +3,23 @@
 ``load_params`` deep-merges the block ``presets[preset]`` over the top-level sections,
 builds the dataclasses below and validates every value, so a typo or an out-of-range
 value stops with a message naming the key (``ParamsError``), before any work starts.
+
+The checks come in two layers. Generic ones, once for every param: the file is UTF-8 YAML
+(:func:`load_params`) whose top level, ``presets`` and preset blocks are mappings
+(:func:`params_from_dict`) with string keys and no alias inside itself (:func:`_check_tree`),
+and every value has its field's annotated type (:func:`_convert`, also for the inactive presets):
+bool is not an int, a string is not a number, ints fit in 64 bits and floats are finite
+(no param gives NaN or inf a meaning). Then each dataclass's ``validate`` checks its ranges
+and the combinations its code needs (e.g. UNet widths that GroupNorm and the attention
+heads divide), so an impossible model is refused here, not by a ZeroDivisionError later.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +47,19 @@ class ParamsError(UserError, ValueError):
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ParamsError(f"params: {key}: {msg}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# every int param must fit in 64 bits (numpy, torch); the seed has its own, tighter range
+INT_RANGE = (-(2**63), 2**63)
+# params.seed: the training derives torch seeds from it as ``seed * 791_923_757 + ...``
+# (ouroboros3d.training), which torch.Generator.manual_seed needs in [-2**63, 2**64)
+SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -126,6 +150,12 @@ class DataParams:
         )
 
 
+# the block types of diffusers' UNetSpatioTemporalConditionModel (the only ones MultiViewDenoiser walks)
+DENOISER_DOWN_BLOCKS = ("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal")
+DENOISER_UP_BLOCKS = ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal")
+# GroupNorm groups of diffusers' spatio-temporal resnets and transformers
+DENOISER_NORM_GROUPS = 32
+
 # small presets: no spatial attention at the full-resolution level (it dominates CPU time)
 SMALL_DOWN_BLOCKS = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * 3
 SMALL_UP_BLOCKS = ("CrossAttnUpBlockSpatioTemporal",) * 3 + ("UpBlockSpatioTemporal",)
@@ -155,9 +185,48 @@ class DenoiserParams:
     gradient_checkpointing: bool = False
 
     def validate(self, key: str) -> None:
-        n = len(self.block_out_channels)
+        channels = self.block_out_channels
+        n = len(channels)
+        _check(n >= 1, f"{key}.block_out_channels", "need at least one level")
         for name in ("down_block_types", "up_block_types", "num_attention_heads"):
             _check(len(getattr(self, name)) == n, f"{key}.{name}", f"needs one entry per level ({n})")
+        for name, allowed in (("down_block_types", DENOISER_DOWN_BLOCKS), ("up_block_types", DENOISER_UP_BLOCKS)):
+            bad = [t for t in getattr(self, name) if t not in allowed]
+            _check(not bad, f"{key}.{name}", f"unknown block type(s) {bad}; choose from {list(allowed)}")
+        groups = DENOISER_NORM_GROUPS
+        _check(
+            all(c >= groups and c % groups == 0 for c in channels),
+            f"{key}.block_out_channels",
+            f"widths must be positive multiples of {groups} (the UNet's GroupNorm groups), got {list(channels)}",
+        )
+        heads = self.num_attention_heads
+        _check(all(h >= 1 for h in heads), f"{key}.num_attention_heads", f"must be >= 1, got {list(heads)}")
+        for i, (c, h) in enumerate(zip(channels, heads, strict=True)):
+            # level i attends in its down block, its up block (the up blocks run deepest first)
+            # or, the deepest level, in the mid block
+            attends = i == n - 1 or "CrossAttn" in self.down_block_types[i] or "CrossAttn" in self.up_block_types[~i]
+            _check(
+                not attends or c % h == 0,
+                f"{key}.num_attention_heads",
+                f"level {i} has attention: its {c} channels do not split into {h} heads",
+            )
+        for name, low in (
+            ("layers_per_block", 0),  # 0: a level of resamplers only (the up levels keep one block)
+            ("transformer_layers_per_block", 0),  # 0: no spatial/temporal attention
+            ("cross_attention_dim", 1),
+            ("addition_time_embed_dim", 0),  # 0: no added time ids in the time embedding
+            ("feedback_blocks_per_scale", 0),
+            ("camera_frequencies", 0),  # 0: the raw Plücker rays, no harmonics
+            ("camera_embed_dim", 1),
+        ):
+            value = getattr(self, name)
+            _check(value >= low, f"{key}.{name}", f"must be >= {low}, got {value}")
+        _check(bool(self.added_time_ids), f"{key}.added_time_ids", "need at least one (SVD has 3)")
+        _check(
+            all(c >= 1 for c in self.image_encoder_channels),
+            f"{key}.image_encoder_channels",
+            f"widths must be >= 1, got {list(self.image_encoder_channels)}",
+        )
         _check(
             self.image_encoder != "clip" or bool(self.image_encoder_path),
             f"{key}.image_encoder_path",
@@ -192,15 +261,72 @@ class ReconstructorParams:
             _check(flags is None or len(flags) == n, f"{key}.{name}", f"needs one flag per level ({n})")
         _check(levels >= 2, f"{key}.down_channels", "need at least two levels")
         _check(1 <= len(self.up_channels) <= levels, f"{key}.up_channels", f"need 1 to {levels} levels")
+        _check(self.image_size >= 1, f"{key}.image_size", f"must be >= 1, got {self.image_size}")
         _check(
             self.image_size % 2 ** (levels - 1) == 0,
             f"{key}.image_size",
             f"must be divisible by {2 ** (levels - 1)} for {levels} levels, got {self.image_size}",
         )
+        for name in ("down_channels", "up_channels"):
+            widths = list(getattr(self, name))
+            _check(all(c >= 1 for c in widths), f"{key}.{name}", f"widths must be >= 1, got {widths}")
+        for name in ("layers_per_block", "attention_head_dim"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        norms, attentions = self.layer_widths()
+        for name, c in norms:
+            _check(
+                c % _group_norm_groups(c) == 0,
+                f"{key}.{name}",
+                f"a layer of {c} channels does not split into GroupNorm's {_group_norm_groups(c)} groups; "
+                f"use even widths",
+            )
+        for name, c in attentions:
+            heads = max(1, c // self.attention_head_dim)
+            _check(
+                c % heads == 0,
+                f"{key}.{name}",
+                f"a level with attention has {c} channels, which do not split into {heads} heads "
+                f"(attention_head_dim {self.attention_head_dim})",
+            )
+
+    def layer_widths(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """The channels of G's GroupNorms and of its multi-view attentions, each with the key
+        that sets them: ``ouroboros3d.reconstructor.Reconstructor``'s layers, as it builds them
+        (tests/test_params_checks.py holds the two in step)."""
+        down, up, per_block = self.down_channels, self.up_channels, self.layers_per_block
+        down_attention = self.down_attention or (False,) * (len(down) - 1) + (True,)
+        up_attention = self.up_attention or (True,) + (False,) * (len(up) - 1)
+        norms: list[tuple[str, int]] = []
+        attentions: list[tuple[str, int]] = []
+
+        def level(name, channels, skips, width, attend):  # reconstructor._Level: res blocks, attention
+            for skip in skips:
+                norms.extend([(name, channels + skip), (name, width)])  # ResBlock's norm1, norm2
+                channels = width
+            if attend:
+                attentions.append((name, width))
+
+        channels, skips = down[0], [down[0]]
+        for i, (width, attend) in enumerate(zip(down, down_attention, strict=True)):
+            level("down_channels", channels, [0] * per_block, width, attend)
+            channels = width
+            skips += [width] * (per_block + (0 if i == len(down) - 1 else 1))
+        level("down_channels", channels, [0, 0], channels, self.mid_attention)  # the middle level
+        for width, attend in zip(up, up_attention, strict=True):
+            level("up_channels", channels, [skips.pop() for _ in range(per_block + 1)], width, attend)
+            channels = width
+        norms.append(("up_channels", channels))  # norm_out
+        return norms, attentions
 
     @property
     def splat_size(self) -> int:
         return self.image_size // 2 ** (len(self.down_channels) - len(self.up_channels))
+
+
+def _group_norm_groups(channels: int) -> int:
+    """The groups of ``ouroboros3d.reconstructor._group_norm(channels)`` (32 where the width
+    allows, else groups of at least 2 channels; tests/test_params_checks.py compares the two)."""
+    return math.gcd(32, max(channels // 2, 1))
 
 
 @dataclass(frozen=True)
@@ -222,6 +348,11 @@ class ModelParams:
         _check(self.latent != "vae" or bool(self.vae_path), f"{key}.vae_path", "latent: vae needs a local vae_path")
         bad = [v for v in self.recon_views if not 0 <= v < num_views]
         _check(not bad and bool(self.recon_views), f"{key}.recon_views", f"views {bad} outside [0, {num_views})")
+        _check(
+            len(set(self.recon_views)) == len(self.recon_views),
+            f"{key}.recon_views",
+            f"views must be distinct, got {list(self.recon_views)}",
+        )
         _check(self.sigma_data > 0, f"{key}.sigma_data", f"must be positive, got {self.sigma_data}")
         self.denoiser.validate(f"{key}.denoiser")
         self.reconstructor.validate(f"{key}.reconstructor")
@@ -263,6 +394,8 @@ class TrainSettings:
         for name in ("cond_dropout", "feedback_prob", "lr_decay_fraction"):
             _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must lie in [0, 1]")
         _check(self.p_std > 0, f"{key}.p_std", "must be positive")
+        # clip_grad_norm_ to 0 would zero every gradient: training that silently learns nothing
+        _check(self.grad_clip > 0, f"{key}.grad_clip", f"must be positive, got {self.grad_clip}")
         if self.real_share is not None:
             _check(0 <= self.real_share <= 1, f"{key}.real_share", f"must lie in [0, 1], got {self.real_share}")
         if self.noise_mixture is not None:
@@ -273,7 +406,6 @@ class TrainSettings:
             "alpha_weight",
             "lpips_weight",
             "weight_decay",
-            "grad_clip",
             "warmup_steps",
             "validate_every",
         ):
@@ -371,7 +503,11 @@ class Params:
     train_variants: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(
+            0 <= self.seed < SEED_LIMIT,
+            "seed",
+            f"must lie in [0, 2**32) (training derives 64-bit torch seeds from it), got {self.seed}",
+        )
         bad = [m for m in self.feedback_maps if m not in FEEDBACK_MAPS]
         _check(not bad, "feedback_maps", f"unknown maps {bad}; choose from {FEEDBACK_MAPS}")
         _check(
@@ -435,10 +571,29 @@ class Params:
 # --- building dataclasses from plain dicts, with errors that name the key ----------
 
 
+def _check_tree(value: Any, key: str = "", parents: tuple = ()) -> None:
+    """The raw YAML tree, before anything reads it: every mapping key is a string (a name), and
+    no YAML alias contains itself (a recursive structure). ``key`` is the dotted path so far."""
+    if not isinstance(value, (dict, list)):
+        return
+    where = key or "params"
+    _check(all(value is not p for p in parents), where, "a YAML alias that contains itself")
+    parents = (*parents, value)
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_tree(item, f"{key}[{i}]", parents)
+        return
+    for k, item in value.items():
+        _check(isinstance(k, str), where, f"key {_short(k)} is not a name (keys must be strings)")
+        _check_tree(item, f"{key}.{k}" if key else k, parents)
+
+
 def _convert(tp: Any, value: Any, key: str) -> Any:
+    """``value`` as the annotated type ``tp`` (a dataclass, Optional/union with None, Literal,
+    tuple, dict, bool, int, float, str), or a ParamsError naming ``key`` and the value."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        _check(isinstance(value, dict), key, f"must be a mapping, got {_short(value)}")
         return _build(tp, value, key)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -448,36 +603,48 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, key)
     if origin is Literal:
-        _check(value in typing.get_args(tp), key, f"must be one of {typing.get_args(tp)}, got {value!r}")
+        _check(value in typing.get_args(tp), key, f"must be one of {typing.get_args(tp)}, got {_short(value)}")
         return value
     if origin is tuple:
-        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {_short(value)}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         _check(len(value) == len(args), key, f"must have {len(args)} entries, got {list(value)}")
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False)))
-    if tp is dict:
-        _check(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
-        return value
+    if tp is dict:  # free-form (variants): its values are checked where they are used
+        _check(isinstance(value, dict), key, f"must be a mapping, got {_short(value)}")
+        return _plain(value)
     if tp is bool:
-        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        _check(isinstance(value, bool), key, f"must be true or false, got {_short(value)}")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
-        return value
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {_short(value)}")
+        low, high = INT_RANGE
+        _check(low <= value < high, key, f"must fit in 64 bits, got {_short(value)}")
+        return int(value)
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        _check(ok, key, f"must be a number, got {value!r}")
-        return float(value)
+        _check(ok, key, f"must be a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        _check(math.isfinite(number), key, f"must be a finite number, got {_short(value)}")
+        return number
     if tp is str:
-        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
-        return value
+        _check(isinstance(value, str), key, f"must be a string, got {_short(value)}")
+        return str(value)
     raise TypeError(f"unsupported params type {tp} at {key}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, values: dict, prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     where = f"{prefix}." if prefix else ""
@@ -496,13 +663,26 @@ def _deep_merge(base: dict, override: dict) -> dict:
 def params_from_dict(raw: dict) -> Params:
     """Resolve the preset, build and validate :class:`Params` from a params.yaml mapping."""
     _check(raw is None or isinstance(raw, dict), "params", f"must be a mapping of sections, got a {type(raw).__name__}")
+    _check_tree(raw)
     raw = dict(raw or {})
-    presets = raw.pop("presets", {}) or {}
+    presets = raw.pop("presets", None)
+    _check(presets is None or isinstance(presets, dict), "presets", f"must be a mapping, got {_short(presets)}")
+    presets = presets or {}
+    for name, block in presets.items():
+        _check(
+            block is None or isinstance(block, dict),
+            f"presets.{name}",
+            f"must be a mapping of sections, got {_short(block)}",
+        )
     preset = raw.get("preset", "cpu-small")
+    _check(isinstance(preset, str), "preset", f"must be a string, got {_short(preset)}")
     _check(preset in presets or preset == "cpu-small", "preset", f"unknown preset {preset!r}; have {sorted(presets)}")
     merged = _deep_merge(raw, presets.get(preset) or {})
     params = _build(Params, merged, "")
     params.validate()
+    for name, block in presets.items():
+        if name != preset and block:  # the others: types and finiteness now, ranges once selected
+            _build(Params, block, f"presets.{name}")
     return params
 
 
@@ -519,13 +699,21 @@ def load_params(path: str | Path = "params.yaml", preset: str | None = None) -> 
     errors name the file and the offending key."""
     path = Path(path)
     try:
-        raw = read_yaml(path.read_text())
-        if preset is not None and isinstance(raw, dict):
-            raw["preset"] = preset
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path} is not a params file: not UTF-8 text (byte {e.start})") from None
+    try:
+        raw = read_yaml(text)
     except YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ParamsError(f"{path} is not valid YAML: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if preset is not None and (raw is None or isinstance(raw, dict)):
+        raw = dict(raw or {}) | {"preset": preset}
     try:
         return params_from_dict(raw)
     except ParamsError as e:
@@ -539,6 +727,7 @@ def params_from_resolved(raw: dict) -> Params:
     not merged again (``params_from_dict`` would reject a non-default preset it cannot find).
     """
     _check(isinstance(raw, dict), "params.json", f"must be a mapping, got {type(raw).__name__}")
+    _check_tree(raw)
     # a trained model is one model: the ablation variants of the params it came from are not its
     # own, and a checkpoint must keep loading when the rules for variants change
     params = _build(Params, dict(raw) | {"variants": {}, "train_variants": ()}, "")
