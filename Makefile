@@ -36,7 +36,8 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n 2 --dist loadfile
 
-## gpu-check: on a CUDA machine, gsplat vs the CPU rasteriser, 50 bf16 gpu-medium steps, one sample
+## gpu-check: on a CUDA machine, the tiny paper route (scripts/paper_route.py) first, then gsplat vs the
+## CPU rasteriser, 50 bf16 gpu-medium steps, one sample
 ## (writes results/gpu_check.json; exits 2 with one error line where there is no GPU)
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu_check.py

@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/eval", help="results go to <out>/<name>/")
     parser.add_argument("--name", default=None, help="output folder name (default: variant[-fs<start>])")
     parser.add_argument("--feedback-start", type=float, default=None, help="Table 3: feed back from this fraction")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: params sample.steps)")
-    parser.add_argument("--batch-size", type=int, default=None, help="objects per batch (default: params)")
-    parser.add_argument("--max-objects", type=int, default=None, help="only the first N eval objects (by id)")
-    parser.add_argument("--record-steps", type=int, default=None, help="objects with per-step records (default params)")
+    parser.add_argument("--steps", type=count(1), default=None, help="sampling steps (default: params sample.steps)")
+    parser.add_argument("--batch-size", type=count(1), default=None, help="objects per batch (default: params)")
+    parser.add_argument("--max-objects", type=count(1), default=None, help="only the first N eval objects (by id)")
+    parser.add_argument(
+        "--record-steps", type=count(0), default=None, help="objects with per-step records (default params)"
+    )
     parser.add_argument("--split", default="eval", choices=("eval", "val"), help="val: for choosing settings")
     parser.add_argument("--metrics-out", default=None, help="also write the means here (the DVC metrics file)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -81,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args.name or run_name(args.variant, args.feedback_start)
     ev, sp = params.evaluation, params.sample
-    batch_size = args.batch_size or ev.batch_size
-    kwargs = sample_kwargs(sp, steps=args.steps or sp.steps, feedback_start=start_fb, reconstruct="every_step")
+    batch_size = ev.batch_size if args.batch_size is None else args.batch_size
+    steps = sp.steps if args.steps is None else args.steps
+    kwargs = sample_kwargs(sp, steps=steps, feedback_start=start_fb, reconstruct="every_step")
 
     dataset = MultiViewDataset.for_split(args.split, args.data, model_params.ccm.normalization)
-    ids = dataset.object_ids[: args.max_objects] if args.max_objects else dataset.object_ids
+    ids = dataset.object_ids if args.max_objects is None else dataset.object_ids[: args.max_objects]
     if dataset[0]["views"].shape[-1] != model_params.data.resolution:
         print(
             f"error: the eval renders are {dataset[0]['views'].shape[-1]}² but the model was trained at "
@@ -125,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.metrics_out, json.dumps(dvc, indent=2) + "\n")
     print(summary_line(report))
     return 0
+
+
+def count(minimum: int):
+    """An argparse type: an integer >= ``minimum``; anything else is a usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 if __name__ == "__main__":

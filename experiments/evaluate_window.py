@@ -41,9 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--models", default="models")
     common.add_argument("--out", default="results/eval")
     common.add_argument("--name", default=None)
-    common.add_argument("--feedback-start", type=float, required=True)
+    common.add_argument("--feedback-start", type=fraction, required=True)
+    # evaluate.py's counts, checked here too, before anything loads (and in the reuse path below)
+    for option, minimum in (("--steps", 1), ("--batch-size", 1), ("--max-objects", 1), ("--record-steps", 0)):
+        common.add_argument(option, type=count(minimum), default=None)
     run, _ = common.parse_known_args(rest)
     _, model_params = read_checkpoint_params(Path(run.models) / run.variant)
+    if not model_params.feedback and args.same_as is not None:
+        ignored = [
+            f"--{k.replace('_', '-')}" for k in ("steps", "max_objects", "record_steps") if getattr(run, k) is not None
+        ]
+        if ignored:  # the reused run was made with its own values: these would be silently ignored
+            raise UserError(
+                f"{' and '.join(ignored)} cannot apply to this window: the model has no feedback, so the window is "
+                f"the run in {args.same_as}, reused as it is; drop {' and '.join(ignored)} or --same-as"
+            )
     if model_params.feedback or args.same_as is None:
         evaluate = Path(__file__).with_name("evaluate.py")
         return subprocess.run([sys.executable, str(evaluate), *rest], check=False).returncode
@@ -51,6 +63,33 @@ def main(argv: list[str] | None = None) -> int:
     reuse(Path(args.same_as), Path(run.out) / name, name, run.variant, run.feedback_start)
     print(f"{name}: the model has no feedback, so this window is the run in {args.same_as} (reused)")
     return 0
+
+
+def count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (as experiments/evaluate.py checks it)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (the feedback start)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value:g}")
+    return value
 
 
 def reuse(source: Path, out_dir: Path, name: str, variant: str, feedback_start: float) -> None:

@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --view must be a non-input view in [1, {num_views}), got {view}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    learning = learning_figure(Path(args.train))  # every input read before the first file is written
     table = curves(runs)
     atomic_write_text(out / "denoising_curves.csv", table.to_csv(index=False, lineterminator="\n"))
     atomic_write_bytes(out / "denoising_steps.png", png_bytes(steps_figure(runs, view, args.columns, args.objects)))
     atomic_write_bytes(out / "denoising_curves.png", png_bytes(curves_figure(table, list(runs))))
-    learning = learning_figure(Path(args.train))
     if learning is not None:
         atomic_write_bytes(out / "learning_curves.png", png_bytes(learning))
     print(f"wrote {out / 'denoising_steps.png'}, {out / 'denoising_curves.png'}, {out / 'denoising_curves.csv'}")

@@ -15,9 +15,9 @@ import argparse
 from pathlib import Path
 
 from ouroboros3d.config import load_params
-from ouroboros3d.errors import ArgumentParser, guard
+from ouroboros3d.errors import ArgumentParser, UserError, guard
 from ouroboros3d.io import atomic_write_text
-from ouroboros3d.reporting import render_report
+from ouroboros3d.reporting import PlaceholderError, read_text_file, render_report
 
 
 @guard
@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)  # a bad params file: one line and exit 2 (guard)
     if not Path(args.results).is_dir():
         raise FileNotFoundError(f"{args.results}: no such results folder (run `dvc repro` first)")
-    report = render_report(Path(args.template).read_text(), params, Path(args.results))
+    # the template is a source file, not a stage's output
+    fix = f"save it as UTF-8, or restore it with `git checkout -- {args.template}`"
+    template = read_text_file(args.template, fix)
+    try:
+        report = render_report(template, params, Path(args.results))
+    except PlaceholderError as e:
+        raise UserError(f"{args.template}: {e}; see ouroboros3d/reporting.py for the placeholders") from None
     atomic_write_text(args.out, report)
     print(f"wrote {args.out}")
     return 0

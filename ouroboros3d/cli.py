@@ -19,18 +19,21 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
-import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from .errors import EXIT_USAGE, ArgumentParser, UserError, expected_errors, guard
+from .errors import EXIT_USAGE, ArgumentParser, GenerationError, UserError, expected_errors, guard, one_line
+from .generate import MAX_MESH_RESOLUTION, MAX_STEPS, MIN_MESH_RESOLUTION, check_seed
 
 __all__ = ["EXIT_SOME_FAILED", "build_parser", "find_images", "is_finished", "main"]
 
 EXIT_SOME_FAILED = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MESH_FILES = ("mesh.glb", "mesh.obj")
+# 2 frames a degree: 60 s of GIF at 12 fps; every frame is rendered and held in memory before encoding
+MAX_TURNTABLE_FRAMES = 720
 
 GENERATE_HELP = """\
 Generate the views of the object in IMAGE and its 3D Gaussians.
@@ -44,7 +47,11 @@ then resized to the model's resolution.
 Writes to --out (default outputs/<image stem>/): view_00.png ... (the generated views,
 view 0 is the input view), input.png, grid.png, gaussians.ply (3DGS), turntable.gif (and
 turntable.mp4 when ffmpeg is on PATH), steps.png (denoising steps) and generation.json
-(written last: a folder with it is finished). --mesh adds mesh.glb and mesh.obj.
+(written last, with every file's checksum). --mesh adds mesh.glb and mesh.obj. The files
+are written into a temporary folder beside --out and renamed into place at once: --out is
+a new or empty folder, or an earlier generation's, which is replaced whole (a folder with
+other files in it is refused). Two runs into one folder never mix: the one that finishes
+second is refused. Every option is checked before the model loads.
 
 Many images: name several files, a folder (its .png/.jpg/.jpeg files) or a quoted glob
 ("photos/*.jpg"). The model loads once; each image goes to <out>/<image stem>/ (--out
@@ -57,6 +64,14 @@ Exit status: 0 all done; 1 some images failed; 2 usage error or nothing could be
 
 class UsageError(UserError):
     """A bad command line (an option out of range, no images found): one error line, exit code 2."""
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: a whole number in [0, 2^64 - 1] (torch's generators take 64 bits)."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, GenerationError):
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2^64-1, got {text!r}") from None
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -88,8 +103,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--skip-existing", action="store_true", help="skip images whose output folder is finished")
     p.add_argument("--mesh", action="store_true", help="also write a coloured mesh: mesh.glb and mesh.obj")
-    p.add_argument("--mesh-resolution", type=int, default=96, help="voxels per side of the mesh's grid (default 96)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 25)")
+    p.add_argument(
+        "--mesh-resolution",
+        type=int,
+        default=96,
+        help=f"voxels per side of the mesh's grid, {MIN_MESH_RESOLUTION} to {MAX_MESH_RESOLUTION} (default 96)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"denoising steps, 1 to {MAX_STEPS} (default: the checkpoint's, 25)"
+    )
     p.add_argument(
         "--elevation",
         type=float,
@@ -97,15 +119,25 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="camera elevation in degrees for all views (default: the middle of the checkpoint's "
         "data.eval.elevation_deg, 10 for cpu-small; the model was trained on data.train.elevation_deg)",
     )
-    p.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same views (default 0)")
+    p.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="noise seed, 0 to 2^64-1; the same seed gives the same views (default 0)",
+    )
     p.add_argument(
         "--no-feedback",
         action="store_true",
         help="zero the 3D feedback maps at every step (plain multi-view diffusion, for comparison)",
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
-    p.add_argument("--turntable-frames", type=int, default=36, help="frames of the 360° turntable (0: none)")
-    p.add_argument("--strip-steps", type=int, default=5, help="denoising steps shown in steps.png (default 5)")
+    p.add_argument(
+        "--turntable-frames",
+        type=int,
+        default=36,
+        help=f"frames of the 360° turntable, 0 (none) to {MAX_TURNTABLE_FRAMES} (default 36)",
+    )
+    p.add_argument("--strip-steps", type=int, default=5, help="denoising steps shown in steps.png (default 5; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=_run_generate)
@@ -163,14 +195,23 @@ def _output_folders(images: list[Path], out: Path | None, single: bool) -> dict[
 
 
 def is_finished(out_dir: Path, mesh: bool = False) -> bool:
-    """Whether ``out_dir`` holds a finished generation: its generation.json (written last) and every
-    file that lists, plus the mesh files when ``mesh`` is asked for."""
-    try:
-        record = json.loads((out_dir / "generation.json").read_text())
-        names = [*record["files"], *(MESH_FILES if mesh else ())]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all((out_dir / name).is_file() for name in names)
+    """Whether ``out_dir`` holds one run's finished, intact outputs (:func:`ouroboros3d.exports.is_complete`):
+    its generation.json (written last) and every file that lists, with the listed checksums, plus the
+    mesh files when ``mesh`` is asked for. A leftover of an interrupted run never counts."""
+    from .exports import is_complete
+
+    return is_complete(out_dir, MESH_FILES if mesh else ())
+
+
+def _check_out(folders: dict[Path, Path]) -> None:
+    """Every output folder can be written (not a file, nor a folder of other files): before any work."""
+    from .exports import check_output_folder
+
+    for folder in dict.fromkeys(folders.values()):
+        try:
+            check_output_folder(folder)
+        except GenerationError as e:
+            raise UsageError(f"--out: {one_line(e)}") from None
 
 
 # --- generation -----------------------------------------------------------------------------
@@ -184,12 +225,25 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--turntable-frames must be >= 0, got {args.turntable_frames}")
     if args.elevation is not None and not -89.0 < args.elevation < 89.0:
         raise UsageError(f"--elevation must lie in (-89, 89) degrees, got {args.elevation}")
-    if args.mesh_resolution < 4:
-        raise UsageError(f"--mesh-resolution must be >= 4, got {args.mesh_resolution}")
+    if not MIN_MESH_RESOLUTION <= args.mesh_resolution <= MAX_MESH_RESOLUTION:  # see generate.MAX_MESH_RESOLUTION
+        raise UsageError(
+            f"--mesh-resolution must lie in [{MIN_MESH_RESOLUTION}, {MAX_MESH_RESOLUTION}] (its grid holds "
+            f"resolution³ voxels, ~13 GB at {MAX_MESH_RESOLUTION}), got {args.mesh_resolution}"
+        )
+    if args.steps is not None and args.steps > MAX_STEPS:
+        raise UsageError(f"--steps must be <= {MAX_STEPS}, got {args.steps}")
+    if args.turntable_frames > MAX_TURNTABLE_FRAMES:
+        raise UsageError(f"--turntable-frames must be <= {MAX_TURNTABLE_FRAMES}, got {args.turntable_frames}")
+    if args.strip_steps < 0:
+        raise UsageError(f"--strip-steps must be >= 0, got {args.strip_steps}")
+    check_seed(args.seed)  # the parser's type checked it already
 
 
-def _generate_one(args: argparse.Namespace, checkpoint, load_seconds: float, image: Path, out_dir: Path, progress):
-    """Generate one image's outputs (and mesh, with --mesh) into ``out_dir``."""
+def _generate_one(
+    args: argparse.Namespace, checkpoint, load_seconds: float, image: Path, out_dir: Path, progress, expect
+):
+    """Generate one image's outputs (and mesh, with --mesh) into ``out_dir``, which was in state ``expect``
+    when the command began (:func:`ouroboros3d.exports.folder_state`: another run writing it since is refused)."""
     from .generate import generate, write_outputs
 
     result = generate(
@@ -205,7 +259,7 @@ def _generate_one(args: argparse.Namespace, checkpoint, load_seconds: float, ima
         mesh_resolution=args.mesh_resolution,
     )
     result.timings["load_checkpoint"] = load_seconds  # the model was loaded before, once for all images
-    return result, write_outputs(result, out_dir, turntable=args.turntable_frames)
+    return result, write_outputs(result, out_dir, turntable=args.turntable_frames, expect=expect)
 
 
 def _failure_line(image: Path, e: Exception) -> str:
@@ -229,14 +283,18 @@ def _print_done(result, files: dict, out_dir: Path, seconds: float, prefix: str,
 def _run_generate(args: argparse.Namespace, debug: bool = False) -> int:
     from tqdm.auto import tqdm
 
+    from .exports import folder_state
     from .generate import load_checkpoint, prepare_image, read_checkpoint_params, target_fill
 
+    # every option, image and output folder is checked before the (slow) model load and sampling
     _check_options(args)
     images = find_images(args.images)
     # one file named on its own is the single-image command: --out is the folder itself and an
     # image's error is the command's error; otherwise every image gets <out>/<stem>/
     single = len(args.images) == 1 and images == [Path(args.images[0])]
     folders = _output_folders(images, args.out, single)
+    _check_out(folders)
+    states = {o: folder_state(o) for o in folders.values()}  # another run writing one from now on is refused
     todo = {i: o for i, o in folders.items() if not (args.skip_existing and is_finished(o, args.mesh))}
     skipped = len(folders) - len(todo)
     if not todo:
@@ -267,15 +325,18 @@ def _run_generate(args: argparse.Namespace, debug: bool = False) -> int:
         checkpoint = load_checkpoint(args.checkpoint, args.device)
         load_seconds = time.perf_counter() - t0  # carried by the first image done
 
-    # one bar over the images (a tty only); the single-image command keeps its bar over steps
-    bar = tqdm(total=len(todo), desc="generate", unit="image", disable=True if args.quiet or single else None)
+    # one bar over the images (a tty only), once every input is checked and the model loaded; the
+    # single-image command keeps its bar over steps
+    quiet_bar = True if args.quiet or single or not todo else None
+    bar = tqdm(total=len(todo), desc="generate", unit="image", disable=quiet_bar)
     for image, out_dir in todo.items():
         t0 = time.perf_counter()
         if single:
             progress = not args.quiet and sys.stderr.isatty()
         else:
             progress = functools.partial(_show_step, bar, image.name)
-        work = functools.partial(_generate_one, args, checkpoint, load_seconds, image, out_dir, progress)
+        expect = states[out_dir]
+        work = functools.partial(_generate_one, args, checkpoint, load_seconds, image, out_dir, progress, expect)
         done = attempt(image, work)
         bar.update(1)
         if done is not None:
@@ -304,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args_without_debug: list[str]) -> int:
         args = build_parser().parse_args(args_without_debug)
-        return args.func(args, debug=debug)
+        if debug:
+            return args.func(args, debug=debug)
+        # warnings (Pillow's, a tiny object's, a library's) wait until the run is done: a run that
+        # fails prints its one error line alone; one that finishes prints them as "warning:" lines
+        with warnings.catch_warnings(record=True) as caught:
+            code = args.func(args, debug=debug)
+        for message in dict.fromkeys(one_line(w.message) for w in caught):
+            print(f"warning: {message}", file=sys.stderr)
+        return code
 
     try:
         return guard(run)(argv)

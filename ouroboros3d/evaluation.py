@@ -19,14 +19,12 @@ import dataclasses
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from . import metrics
 from .config import Params
@@ -35,6 +33,7 @@ from .data.sources import SourceUnavailableError
 from .io import atomic_write_bytes, atomic_write_text
 from .meshing import MeshError, gaussians_to_mesh
 from .model import sample
+from .progress import bar as progress_bar
 
 __all__ = [
     "IMAGE_METRICS",
@@ -257,7 +256,7 @@ def evaluate_objects(
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     rows: list[dict] = []
-    bar = tqdm(total=len(object_ids), desc=desc, unit="obj", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(object_ids), desc=desc, unit="obj", disable=not progress)
     index = {oid: i for i, oid in enumerate(dataset.object_ids)}
 
     def on_progress(info):

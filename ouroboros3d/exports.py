@@ -1,34 +1,58 @@
 """The files of a generation: views, grid, Gaussians (.ply), turntable, step strip, mesh, record.
 
-:func:`write_outputs` writes a :class:`~ouroboros3d.generate.GenerationResult` to a folder,
-each file atomically, ``generation.json`` last (a folder holding it is finished).
+:func:`write_outputs` writes a :class:`~ouroboros3d.generate.GenerationResult` to a folder, whole:
+into a temporary folder beside it, ``generation.json`` (with every file's SHA-256) last, then
+renamed into place in one step. :func:`is_complete` tells a finished, intact folder from the rest.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
+import hashlib
 import io
 import json
+import os
+import re
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, and leftovers are not removed
+    fcntl = None
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from . import cameras
-from .errors import one_line
+from .errors import GenerationError, one_line
 from .gaussians import save_ply
-from .io import atomic_write_bytes, atomic_write_text
+from .io import TMP_PREFIX, atomic_write_bytes, atomic_write_text
 from .splatting import render
 
 if TYPE_CHECKING:
     from .generate import GenerationResult
 
-__all__ = ["grid_image", "step_strip_image", "turntable_frames", "write_outputs"]
+__all__ = [
+    "ConcurrentWriteError",
+    "check_output_folder",
+    "folder_state",
+    "grid_image",
+    "is_complete",
+    "remove_leftovers",
+    "step_strip_image",
+    "turntable_frames",
+    "write_outputs",
+]
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
@@ -152,6 +176,9 @@ def _write_mp4(frames: list[Image.Image], path: Path, fps: float) -> str | None:
     return None
 
 
+_UNSET = object()
+
+
 def write_outputs(
     result: GenerationResult,
     out_dir: str | Path,
@@ -160,19 +187,46 @@ def write_outputs(
     turntable_size: int | None = None,
     fps: float = 12.0,
     mp4: bool = True,
+    expect: FolderState | object | None = _UNSET,
 ) -> dict[str, Path]:
-    """Write a generation's files into ``out_dir``; returns them by name.
+    """Write a generation's files into the folder ``out_dir``, all at once; returns them by name.
 
     ``view_00.png`` ... (the generated views), ``input.png`` (the prepared input view),
     ``grid.png`` (input and views; below, the Gaussians rendered at the views), ``gaussians.ply``
     (3DGS), ``turntable.gif`` (and ``turntable.mp4`` when ffmpeg is on PATH), ``steps.png``
     (the denoising-step strip), ``mesh.glb`` and ``mesh.obj`` when ``result.mesh`` is set, and
-    ``generation.json`` (settings, seed, checkpoint, device, timings in seconds per stage, notes;
-    written last, so a folder with it is finished). Each file is written atomically. The stages'
-    timings and any notes (e.g. "no ffmpeg") are also added to ``result.timings`` and ``result.notes``.
+    ``generation.json`` (settings, seed, checkpoint, device, timings in seconds per stage, notes,
+    the files and their SHA-256; written last). The stages' timings and any notes (e.g. "no
+    ffmpeg") are also added to ``result.timings`` and ``result.notes``.
+
+    The files are written into a temporary folder beside ``out_dir`` (``.tmp-<name>-*``), which is
+    then renamed to ``out_dir`` in one step, replacing a previous generation's folder there: a
+    reader sees the old outputs or the new ones, whole, never a mix, and an interrupted run leaves
+    only its temporary folder (removed by a later run). A folder holding anything but a
+    generation's files is never replaced (:func:`check_output_folder`). ``expect`` is the state
+    of ``out_dir`` (:func:`folder_state`) when the run began (default: when this call began): if
+    another run has written ``out_dir`` since, this one's outputs are dropped with a
+    GenerationError and the other's kept, so two runs into one folder never mix.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = Path(os.path.abspath(out_dir))  # "." or "a/..": a folder with a name, in a parent
+    if target.is_symlink():
+        target = target.resolve()  # replace what the link points to, not the link
+    check_output_folder(target)
+    if expect is _UNSET:
+        expect = folder_state(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _staging_folder(target) as staged:
+        names = _write_files(result, staged, turntable, turntable_size, fps, mp4)
+        _commit(staged, target, expect)
+    remove_leftovers(target)
+    return {name: out_dir / name for name in names}
+
+
+def _write_files(
+    result: GenerationResult, out_dir: Path, turntable: int, turntable_size: int | None, fps: float, mp4: bool
+) -> list[str]:
+    """Write the files (generation.json last) into ``out_dir``; returns their names."""
     files: dict[str, Path] = {}
     timings, notes = result.timings, result.notes
 
@@ -221,9 +275,190 @@ def write_outputs(
         "sample_s_per_step": round(timings["sample"] / result.settings["steps"], 4),
         "turntable_frames": turntable,
         "strip_steps": [r.i for r in result.steps],
-        "files": sorted([*files, "generation.json"]),
+        "files": sorted([*files, RECORD_FILE]),
+        "sha256": {name: _sha256(path) for name, path in sorted(files.items())},
         "notes": notes,
     }
-    atomic_write_text(out_dir / "generation.json", json.dumps(record, indent=2))
-    files["generation.json"] = out_dir / "generation.json"
-    return files
+    atomic_write_text(out_dir / RECORD_FILE, json.dumps(record, indent=2))
+    return [*files, RECORD_FILE]
+
+
+# --- one output folder, written whole --------------------------------------------------------
+
+RECORD_FILE = "generation.json"
+# the names write_outputs writes (a folder holding only these, and leftovers, may be replaced)
+OUTPUT_NAMES = re.compile(
+    r"view_\d+\.png|input\.png|grid\.png|gaussians\.ply|turntable\.(gif|mp4)|steps\.png|mesh\.(glb|obj)|generation\.json"
+)
+LEFTOVER_PREFIXES = (TMP_PREFIX, ".mp4-")  # what an interrupted write leaves (also by earlier versions)
+# a temporary folder younger than this is never removed as a leftover: its run may have created it
+# an instant ago and not locked it yet (runs lock theirs; an unlocked, older one is an interrupted run's)
+LEFTOVER_MIN_AGE_S = 30.0
+
+FolderState = tuple[int, int, int]  # (st_dev, st_ino, st_mtime_ns) of a folder
+
+
+def folder_state(folder: str | Path) -> FolderState | None:
+    """What identifies ``folder``'s current content (None: absent): it changes when a run replaces the
+    folder or writes into it. :func:`write_outputs` compares it before replacing the folder."""
+    try:
+        st = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def check_output_folder(out_dir: str | Path) -> None:
+    """GenerationError unless ``out_dir`` can receive a generation's files: a folder that is absent
+    (its nearest existing ancestor a writable folder), empty, or holding a generation's files only.
+    A folder holding anything else is not replaced: the user's files would be lost."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise GenerationError(f"{out_dir} exists and is not a folder: the outputs go into a folder")
+        try:
+            entries = list(os.scandir(out_dir))
+        except OSError as e:
+            raise GenerationError(f"cannot read the output folder {out_dir}: {one_line(e)}") from None
+        foreign = sorted(
+            e.name + ("/" if e.is_dir() else "")
+            for e in entries
+            if not (e.name.startswith(LEFTOVER_PREFIXES) or (OUTPUT_NAMES.fullmatch(e.name) and e.is_file()))
+        )
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise GenerationError(
+                f"{out_dir} holds files that are not a generation's outputs ({', '.join(foreign[:3])}{more}); "
+                "the outputs replace the whole folder: choose a new or empty one"
+            )
+    parent = Path(os.path.abspath(out_dir)).parent
+    while not (parent.exists() or parent.is_symlink()):
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GenerationError(f"cannot write to {out_dir}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise GenerationError(f"cannot write to {out_dir}: {parent} is not writable")
+
+
+def is_complete(out_dir: str | Path, required: tuple[str, ...] = ()) -> bool:
+    """Whether ``out_dir`` holds one run's complete, intact outputs (what --skip-existing trusts).
+
+    Its generation.json (written last) lists the files and their SHA-256: each must be there with
+    that content, as must ``required`` (e.g. the mesh files). A folder with a leftover of an
+    interrupted write (``.tmp-*``) in it, or with a record of an earlier version (no checksums),
+    is not complete.
+    """
+    out_dir = Path(out_dir)
+    try:
+        if any(name.startswith(LEFTOVER_PREFIXES) for name in os.listdir(out_dir)):
+            return False
+        record = json.loads((out_dir / RECORD_FILE).read_text())
+        files, sums = list(record["files"]), dict(record["sha256"])
+        if RECORD_FILE not in files or set(sums) != set(files) - {RECORD_FILE} or not set(required) <= set(files):
+            return False
+        return all((out_dir / name).is_file() and _sha256(out_dir / name) == digest for name, digest in sums.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def remove_leftovers(out_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders interrupted runs into ``out_dir`` left beside it; returns them.
+
+    A run's own is locked while it writes (and young when just made): those are left alone.
+    """
+    out_dir = Path(out_dir)
+    removed = []
+    try:
+        candidates = sorted(out_dir.parent.glob(f"{TMP_PREFIX}{glob.escape(out_dir.name)}-*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if not path.is_dir() or path.is_symlink() or time.time() - path.stat().st_mtime < LEFTOVER_MIN_AGE_S:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if fcntl is None:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live run holds it (or locks are not supported here: leave it)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def _staging_folder(out_dir: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``out_dir``, locked while this run writes it; removed unless it
+    was renamed (committed) meanwhile."""
+    staged = None
+    fd = None
+    try:
+        staged = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out_dir.name}-", dir=out_dir.parent))
+        fd = os.open(staged, os.O_RDONLY)
+        if fcntl is not None:
+            with suppress(OSError):  # a file system without locks: leftovers are then never removed
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        os.chmod(staged, 0o755)  # mkdtemp makes 0700 folders
+        yield staged
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+class ConcurrentWriteError(GenerationError):
+    """Another run wrote the output folder while this one ran: its outputs were kept, this run's dropped."""
+
+
+def _commit(staged: Path, final: Path, expect: FolderState | None) -> None:
+    """Rename the complete folder ``staged`` to ``final`` (atomic), replacing the folder there if it is
+    still the one this run saw (``expect``); otherwise another run wrote it since: ConcurrentWriteError."""
+    clash = ConcurrentWriteError(
+        f"another run wrote {final} while this one ran: its outputs were kept and this run's dropped "
+        "(run again to replace them)"
+    )
+    try:
+        os.rename(staged, final)  # atomic; succeeds where final is absent or an empty folder
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise GenerationError(f"cannot write {final}: {one_line(e)}") from None
+    if folder_state(final) != expect:
+        raise clash
+    check_output_folder(final)  # still a generation's folder: never move a user's files away
+    old = final.parent / f"{TMP_PREFIX}{final.name}-old-{secrets.token_hex(4)}"
+    try:
+        os.rename(final, old)
+    except FileNotFoundError:  # another run is replacing it right now
+        raise clash from None
+    moved = folder_state(old)
+    if moved is None or moved[:2] != expect[:2]:  # another run replaced it between check and move: put it back
+        with suppress(OSError):
+            os.rename(old, final)
+        raise clash
+    try:
+        os.rename(staged, final)
+    except OSError as e:  # another run committed into the gap: keep its outputs
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise clash from None
+        with suppress(OSError):
+            os.rename(old, final)  # put the previous outputs back
+        raise GenerationError(f"cannot write {final}: {one_line(e)}") from None
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,6 +18,8 @@ ouroboros3d.data.figures.
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .tracking import read_curves
+from .errors import one_line
+from .reporting import ResultsError, checked_curves, eval_remedy, read_csv_file
 
 __all__ = ["curves", "curves_figure", "learning_figure", "load_run", "pick_steps", "png_bytes", "steps_figure"]
 
@@ -36,11 +39,48 @@ def load_run(folder: str | Path) -> tuple[pd.DataFrame, dict]:
     missing = [f for f in ("steps.csv", "steps.npz") if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {missing}: run experiments/evaluate.py with --record-steps > 0")
-    with np.load(folder / "steps.npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    remedy, npz_file = eval_remedy(folder.name), folder / "steps.npz"
+    with open(npz_file, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would try it as a pickle
+            raise ResultsError(f"{npz_file} is not a NumPy .npz archive; {remedy}")
+    try:  # never with allow_pickle: a steps.npz holds plain arrays
+        with np.load(npz_file) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as e:
+        problem = "holds Python objects (a pickled array), which are never loaded"
+        problem = problem if "pickle" in str(e) else f"is damaged ({one_line(e)})"
+        raise ResultsError(f"{npz_file} {problem}; {remedy}") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ResultsError(f"{npz_file} is damaged ({one_line(e)}); {remedy}") from None
     if "recon_rgb" not in arrays:
         raise ValueError(f"{folder} recorded no steps (evaluation.step_objects = 0?)")
-    return pd.read_csv(folder / "steps.csv", keep_default_na=False, na_values=["", "nan"]), arrays
+    problem = _steps_problem(arrays)
+    if problem:
+        raise ResultsError(f"{npz_file} {problem}; {remedy}")
+    steps = read_csv_file(
+        folder / "steps.csv",
+        remedy,
+        ("step", "sigma"),
+        ("step", "sigma", "3d_psnr", "cd"),
+        keep_default_na=False,
+        na_values=["", "nan"],
+    )
+    return steps, arrays
+
+
+def _steps_problem(arrays: dict) -> str | None:
+    """What is wrong with a steps.npz's arrays for the figures (None if nothing)."""
+    missing = [k for k in ("object_ids", "sigmas", "gt_views") if k not in arrays]
+    if missing:
+        return f"lacks the array(s) {missing}"
+    recon, gt, ids = arrays["recon_rgb"], arrays["gt_views"], arrays["object_ids"]
+    if recon.ndim != 6 or recon.shape[3] != 3 or recon.dtype != np.uint8:
+        return f"has recon_rgb of {recon.dtype} {recon.shape}, not uint8 (objects, steps, views, 3, H, W)"
+    if gt.shape != (recon.shape[0], *recon.shape[2:]) or gt.dtype != np.uint8:
+        return f"has gt_views of {gt.dtype} {gt.shape}, not uint8 {(recon.shape[0], *recon.shape[2:])} as recon_rgb"
+    if ids.shape != (recon.shape[0],) or arrays["sigmas"].ndim != 1:
+        return f"has {ids.shape} object_ids and {arrays['sigmas'].shape} sigmas for {recon.shape[0]} recorded objects"
+    return None
 
 
 def pick_steps(num_steps: int, count: int) -> list[int]:
@@ -130,7 +170,7 @@ def learning_figure(train_dir: Path) -> Figure | None:
 
     None when no run under ``train_dir`` has one.
     """
-    curves_ = {p.parent.name: read_curves(p.parent, "val") for p in sorted(train_dir.glob("*/metrics.json"))}
+    curves_ = {p.parent.name: checked_curves(p.parent, "val") for p in sorted(train_dir.glob("*/metrics.json"))}
     curves_ = {name: df for name, df in curves_.items() if len(df)}
     if not curves_:
         return None
@@ -140,8 +180,9 @@ def learning_figure(train_dir: Path) -> Figure | None:
         for column, (marker, label) in LEARNING_CURVES.items():
             if column in df:
                 ax.plot(df["step"], df[column], marker, label=label)
-        ax.axhline(df["copy_input_psnr"].iloc[-1], color="k", ls="--", lw=1, label="copy input view")
-        ax.axhline(df["white_psnr"].iloc[-1], color="grey", ls=":", lw=1, label="white image")
+        for column, style, label in (("copy_input_psnr", "--", "copy input view"), ("white_psnr", ":", "white image")):
+            if column in df:  # the baselines, when the run scored them
+                ax.axhline(df[column].iloc[-1], color="k" if style == "--" else "grey", ls=style, lw=1, label=label)
         ax.set(title=name, xlabel="training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("PSNR of non-input views, val split (dB)")

@@ -25,6 +25,7 @@ checkpoint, an unavailable device) raises :class:`GenerationError` with a one-li
 
 from __future__ import annotations
 
+import operator
 import os
 import platform
 import time
@@ -51,9 +52,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
+    "MAX_MESH_RESOLUTION",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "MIN_MESH_RESOLUTION",
     "GenerationError",
     "GenerationResult",
     "PreparedImage",
+    "check_mesh_resolution",
+    "check_seed",
     "default_elevation",
     "generate",
     "load_checkpoint",
@@ -64,6 +71,40 @@ __all__ = [
     "view_cameras",
     "write_outputs",
 ]
+
+
+# Seeds seed torch.Generator, which takes 64 bits; negative ones it would wrap onto large ones.
+MAX_SEED = 2**64 - 1
+# More denoising steps than this change nothing the eye or the metrics see (the paper uses 25; EDM
+# samplers converge well before 1000) and a mistyped count would run for days.
+MAX_STEPS = 1000
+# The mesh's TSDF fusion holds about 100 bytes per voxel of its resolution³ grid (voxel centres,
+# sums, weights and each camera's projections): 512³ needs ~13 GB and minutes; 96 is the default.
+MIN_MESH_RESOLUTION, MAX_MESH_RESOLUTION = 4, 512
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int, or a GenerationError unless it is a whole number in [0, MAX_SEED]."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise GenerationError(f"seed must be a whole number, got {seed!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise GenerationError(f"seed must lie in [0, 2^64 - 1], got {value}")
+    return value
+
+
+def check_mesh_resolution(resolution) -> int:
+    """``resolution`` as an int, or a GenerationError outside [MIN_MESH_RESOLUTION, MAX_MESH_RESOLUTION]."""
+    try:
+        value = operator.index(resolution)
+    except TypeError:
+        raise GenerationError(f"mesh_resolution must be a whole number, got {resolution!r}") from None
+    if not MIN_MESH_RESOLUTION <= value <= MAX_MESH_RESOLUTION:
+        raise GenerationError(
+            f"mesh_resolution must lie in [{MIN_MESH_RESOLUTION}, {MAX_MESH_RESOLUTION}] voxels per side, got {value}"
+        )
+    return value
 
 
 def default_elevation(params: Params) -> float:
@@ -140,9 +181,9 @@ def generate(
         checkpoint: a model folder (what the train stage writes: see :mod:`ouroboros3d.pipeline`)
             or an :class:`~ouroboros3d.pipeline.Ouroboros3DPipeline` already loaded (to generate
             many images without reloading).
-        steps: denoising steps (default: the checkpoint's ``sample.steps``, 25 as the paper).
+        steps: denoising steps (default: the checkpoint's ``sample.steps``, 25 as the paper; at most MAX_STEPS).
         elevation: camera elevation in degrees (default :func:`default_elevation`).
-        seed: the initial noise's seed; the same seed gives the same views.
+        seed: the initial noise's seed, in [0, 2^64 - 1]; the same seed gives the same views.
         feedback: False zeroes the 3D feedback maps at every step (``feedback_start = 1``),
             for comparison; G still reconstructs at every step.
         device: "cpu" or "cuda" (ignored when a loaded pipeline is given).
@@ -153,24 +194,27 @@ def generate(
             (:func:`ouroboros3d.meshing.gaussians_to_mesh`, seen by cameras at the
             checkpoint's radius and field of view); raises :class:`ouroboros3d.meshing.MeshError`
             when they render no surface.
-        mesh_resolution: voxels per side of the mesh's fusion grid.
+        mesh_resolution: voxels per side of the mesh's fusion grid, in [4, MAX_MESH_RESOLUTION].
+
+    Raises GenerationError for a bad option, image or checkpoint (before the model loads), and
+    when sampling produces NaN or infinite values.
     """
     timings: dict[str, float] = {}
-    # the image is checked before the (slower) model build, so a bad input fails at once
+    # the options and the image are checked before the (slower) model build, so a bad input fails at once
+    check_seed(seed)
+    if mesh:
+        check_mesh_resolution(mesh_resolution)
     loaded = not isinstance(checkpoint, (str, os.PathLike))
     params = checkpoint.params if loaded else read_checkpoint_params(checkpoint)[1]
-    t0 = time.perf_counter()
-    prepared = prepare_image(image, params.data.resolution, target_fill(params))
-    timings["prepare_image"] = time.perf_counter() - t0
-
     steps = params.sample.steps if steps is None else int(steps)
-    if steps < 1:
-        raise GenerationError(f"steps must be >= 1, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise GenerationError(f"steps must lie in [1, {MAX_STEPS}], got {steps}")
     elevation = default_elevation(params) if elevation is None else float(elevation)
     if not -89.0 < elevation < 89.0:
         raise GenerationError(f"elevation must lie in (-89, 89) degrees, got {elevation}")
-    if mesh and mesh_resolution < 4:
-        raise GenerationError(f"mesh_resolution must be >= 4, got {mesh_resolution}")
+    t0 = time.perf_counter()
+    prepared = prepare_image(image, params.data.resolution, target_fill(params))
+    timings["prepare_image"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ckpt = checkpoint if loaded else load_checkpoint(checkpoint, device)
@@ -220,6 +264,7 @@ def generate(
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     timings["sample"] = time.perf_counter() - t0
+    _check_finite_result(out, ckpt.name_or_path)
     surface = None
     if mesh:
         t0 = time.perf_counter()
@@ -268,6 +313,20 @@ def generate(
         notes=notes,
         mesh=surface,
     )
+
+
+def _check_finite_result(out, checkpoint: str) -> None:
+    """GenerationError when sampling produced NaN or inf: written out, they would be black views and
+    a .ply without vertices, with nothing said (the weights are checked when they load; this catches
+    the rest: an overflow, a broken device)."""
+    g = out.gaussians
+    parts = {"views": out.views, "Gaussian means": g.means, "Gaussian scales": g.scales}
+    parts |= {"Gaussian opacities": g.opacities, "Gaussian colours": g.colors, "Gaussian rotations": g.quats}
+    bad = [name for name, t in parts.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise GenerationError(
+            f"sampling with {checkpoint} produced NaN or infinite values ({', '.join(bad)}); nothing was written"
+        )
 
 
 def surface_mesh(gaussians: Gaussians, params: Params, resolution: int = 96):

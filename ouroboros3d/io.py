@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ __all__ = [
     "PretrainedMixin",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_finite",
     "check_state",
     "save_tensors",
 ]
@@ -31,16 +32,17 @@ def _atomic(path: Path, write) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    try:  # mkstemp inside: an interrupt right after it must not leave an empty temporary file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+    # the name is bound before the file exists: an interrupt (SIGINT) at any point after the file
+    # is created finds ``tmp`` set and removes it (mkstemp's tuple could be lost between its return
+    # and the assignment, leaving a stray temporary file)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        write(str(tmp))
+        os.chmod(tmp, 0o644)  # created 0600: readable by others once complete
         os.replace(tmp, path)
     except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -113,7 +115,8 @@ class PretrainedMixin:
         """The part saved in a LOCAL folder by :meth:`save_pretrained`, in eval mode.
 
         Raises FileNotFoundError (no such folder or file), OSError (an unreadable config.json or
-        weights file) or ValueError (weights that do not fit the model its config.json builds).
+        weights file) or ValueError (weights that do not fit the model its config.json builds, or
+        that hold NaN or infinite values).
         """
         folder = Path(pretrained_model_name_or_path)
         folder = folder / subfolder if subfolder else folder
@@ -128,6 +131,7 @@ class PretrainedMixin:
             state = load_file(str(weights))
         except Exception as e:  # a truncated or foreign file
             raise OSError(f"cannot read weights {weights}: {one_line(e)}") from None
+        check_finite(state, f"{folder.name} ({cls.__name__}) weights {weights}")
         model = cls.from_config(config)
         check_state(state, model.trainable_state_dict(), weights)
         model.load_state_dict(state, strict=False)
@@ -144,3 +148,22 @@ def check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], pa
             f"{path} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {wrong[:5]} (was it trained with other params?)"
         )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str | Path) -> None:
+    """ValueError naming the first tensor of ``tensors`` that holds a NaN or an infinite value.
+
+    A diverged or corrupted training run saves such weights; a model loaded with them samples
+    NaN everywhere, which the image writers turn into black pictures and the .ply writer into an
+    empty file, silently. One ``isfinite().all()`` per floating-point tensor: cheap next to reading it.
+    """
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            if not bool(torch.isfinite(tensor).all()):
+                nan = int(torch.isnan(tensor).sum())
+                inf = int(torch.isinf(tensor).sum())
+                raise ValueError(
+                    f"{where}: tensor {key!r} holds non-finite values ({nan} NaN, {inf} inf of "
+                    f"{tensor.numel()}): the weights are corrupt (a diverged training run?); retrain or "
+                    "restore them"
+                )

@@ -15,7 +15,8 @@ path and loaded from it again: the paper preset's CLIP image encoder by the deno
 model has no VAE at all.
 
 Loading (:meth:`Ouroboros3DPipeline.from_pretrained`) is local and offline, and strict: the
-components' configs must agree with params.json and their weights must fit exactly; every
+components' configs must agree with params.json and their weights must fit exactly and be
+finite (no NaN or inf: a diverged run's weights would sample black views); every
 failure is a one-line :class:`~ouroboros3d.errors.GenerationError`::
 
     pipe = Ouroboros3DPipeline.from_pretrained("models/main")
@@ -43,7 +44,7 @@ from .checkpoint import CARD_FILE, HINT, INDEX_FILE, PARAMS_FILE, check_device, 
 from .config import Params
 from .denoiser import MultiViewDenoiser
 from .errors import GenerationError, one_line
-from .io import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text
+from .io import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, check_finite
 from .reconstructor import Reconstructor, resolve_config
 
 if TYPE_CHECKING:
@@ -140,10 +141,28 @@ class Ouroboros3DPipeline(DiffusionPipeline):
                 raise GenerationError(one_line(e)) from None
             except Exception as e:  # an unreadable file, a missing CLIP folder
                 raise GenerationError(f"cannot load {folder / name}: {one_line(e)}") from None
+        _check_frozen_finite(folder, parts, vae)
         pipe = cls(parts["denoiser"], parts["reconstructor"], vae, params)
         pipe.register_to_config(_name_or_path=str(folder))
         pipe.model.to(device).eval()
         return pipe
+
+
+def _check_frozen_finite(folder: Path, parts: dict[str, Any], vae) -> None:
+    """The parts loaded from elsewhere (SVD's VAE, the CLIP image encoder) hold finite weights too;
+    the saved weights were checked as they were read (:meth:`~ouroboros3d.io.PretrainedMixin.from_pretrained`)."""
+    frozen = [
+        (f"{name}.{sub} (loaded from {path})", parts[name].get_submodule(sub))
+        for name in parts
+        for sub, path in parts[name].frozen_parts().items()
+    ]
+    if vae is not None:
+        frozen.append((f"vae (loaded from {folder / PARAMS_FILE}'s model.vae_path)", vae))
+    for where, module in frozen:
+        try:
+            check_finite(module.state_dict(), where)
+        except ValueError as e:
+            raise GenerationError(f"cannot load {folder}: {one_line(e)}") from None
 
 
 def _check_index(folder: Path, index: Any, params: Params) -> None:

@@ -17,20 +17,146 @@ and their 95% t-intervals (ouroboros3d.stats, the interval the tables use too): 
   {{claims}}          the paper's claims, each with our measured paired difference and a verdict
 
 A placeholder with no filler is an error, not an empty section.
+
+Every results file is read through the checked readers below (shared with ouroboros3d.tables and
+ouroboros3d.figures): a file that is damaged, not UTF-8, or lacks what its stage writes stops the
+stage with one line naming the file and the stage that re-creates it (:class:`ResultsError`).
 """
 
 from __future__ import annotations
 
+import json
+import numbers
 import re
 from pathlib import Path
 
 import pandas as pd
 
 from .config import Params
+from .errors import UserError, one_line
 from .stats import mean_ci
-from .tracking import read_curves, read_metrics
+from .tracking import read_curves
 
-__all__ = ["claims_table", "paired", "render_report", "verdict"]
+__all__ = [
+    "PlaceholderError",
+    "ResultsError",
+    "checked_curves",
+    "claims_table",
+    "eval_remedy",
+    "paired",
+    "read_csv_file",
+    "read_json_file",
+    "read_text_file",
+    "render_report",
+    "train_remedy",
+    "verdict",
+]
+
+
+# --- reading results files: one error line naming the file and the stage that writes it -----------------------------
+
+
+class ResultsError(UserError):
+    """A results file that is damaged or lacks what its stage writes."""
+
+
+class PlaceholderError(UserError, KeyError):
+    """A template placeholder with no filler (a KeyError, as a missing key of the fillers)."""
+
+    __str__ = Exception.__str__  # the message, not KeyError's quoted repr
+
+
+def _stage_remedy(script: str, stage: str) -> str:
+    return f"re-create it with {script} (the DVC stage `{stage}`: `dvc repro -f {stage}`)"
+
+
+def eval_remedy(run: str) -> str:
+    """How to re-create ``results/eval/<run>/``: the evaluate stage that writes that run."""
+    if run == "main":
+        stage = "evaluate"
+    elif run.startswith("main-fs"):
+        stage = f"evaluate_window@{run.removeprefix('main-fs')}"
+    else:
+        stage = f"evaluate_variant@{run}"
+    return _stage_remedy("experiments/evaluate.py", stage)
+
+
+def train_remedy(run: str) -> str:
+    """How to re-create ``results/train/<run>/`` (a training run's dvclive log)."""
+    stage = "train" if run == "main" else run if run.startswith("pretrain_") else f"train_variant@{run}"
+    return _stage_remedy("experiments/train.py", stage)
+
+
+def read_text_file(path: str | Path, remedy: str) -> str:
+    """A UTF-8 text file; :class:`ResultsError` (ending in ``remedy``) if it is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsError(
+            f"{path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); {remedy}"
+        ) from None
+
+
+def read_json_file(path: str | Path, remedy: str, expect: type = dict):
+    """A UTF-8 JSON file holding an ``expect`` (an object by default); :class:`ResultsError` if not."""
+    try:
+        value = json.loads(read_text_file(path, remedy))
+    except json.JSONDecodeError as e:
+        raise ResultsError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {remedy}"
+        ) from None
+    if not isinstance(value, expect):
+        names = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+        found, wanted = (names.get(t, t.__name__) for t in (type(value), expect))
+        raise ResultsError(f"{path} holds a JSON {found}, not a JSON {wanted}; {remedy}")
+    return value
+
+
+def read_csv_file(
+    path: str | Path, remedy: str, columns: tuple[str, ...] = (), numeric: tuple[str, ...] = (), **read_csv
+) -> pd.DataFrame:
+    """A CSV (or TSV) file with ``columns``; those of ``numeric`` it has hold numbers (else :class:`ResultsError`)."""
+    try:
+        df = pd.read_csv(path, **read_csv)
+    except ValueError as e:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise ResultsError(f"{path} is not a readable table ({one_line(e)}); {remedy}") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ResultsError(f"{path} lacks the column(s) {missing}; {remedy}")
+    wrong = [c for c in numeric if c in df.columns and not pd.api.types.is_numeric_dtype(df[c])]
+    if wrong:
+        raise ResultsError(f"{path} has non-numeric values in the column(s) {wrong}; {remedy}")
+    return df
+
+
+def checked_curves(run_dir: Path, kind: str = "val") -> pd.DataFrame:
+    """:func:`ouroboros3d.tracking.read_curves` of a training run's log, each TSV checked first
+    (readable, a ``step`` column and one numeric metric column)."""
+    folder = Path(run_dir) / "plots" / "metrics" / kind
+    for path in sorted(folder.rglob("*.tsv")) if folder.is_dir() else ():
+        df = read_csv_file(path, train_remedy(Path(run_dir).name), ("step",), sep="\t")
+        numeric = all(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns)
+        if len(df.columns) != 2 or not numeric or not df["step"].is_unique:
+            raise ResultsError(
+                f"{path} is not a dvclive metric log (a step column of distinct numbers and one numeric value "
+                f"column); {train_remedy(Path(run_dir).name)}"
+            )
+    return read_curves(run_dir, kind)
+
+
+def _train_summary(path: Path) -> dict:
+    """A training run's dvclive metrics.json, checked for the parts the report reads."""
+    remedy = train_remedy(path.parent.name)
+    s = read_json_file(path, remedy)
+    for key in ("train", "run", "val"):
+        if not isinstance(s.get(key, {}), dict):
+            raise ResultsError(f"{path}: its {key!r} is not a JSON object; {remedy}")
+    values = [v for k, v in s.get("train", {}).items() if k in ("loss", "loss_mv", "loss_recon")]
+    values += [v for k, v in s.get("run", {}).items() if k == "seconds"]
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values):
+        raise ResultsError(f"{path}: its train losses or run seconds are not numbers; {remedy}")
+    return s
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float = 0.95) -> dict | None:
@@ -61,9 +187,14 @@ def _fmt(diff: dict | None, digits: int) -> str:
     return f"{diff['mean']:+.{digits}f} [{diff['lo']:+.{digits}f}, {diff['hi']:+.{digits}f}] (n={diff['n']})"
 
 
+CLAIM_COLUMNS = ("3d_psnr", "mv_psnr", "x0_psnr", "cd", "copy_input_psnr", "white_psnr")
+
+
 def _per_object(results: Path, run: str) -> pd.DataFrame | None:
     path = results / "eval" / run / "per_object.csv"
-    return pd.read_csv(path).set_index("object_id") if path.exists() else None
+    if not path.exists():
+        return None
+    return read_csv_file(path, eval_remedy(run), ("object_id",), CLAIM_COLUMNS).set_index("object_id")
 
 
 def claims_table(results: Path, variants: list[str]) -> str:
@@ -125,7 +256,7 @@ def claims_table(results: Path, variants: list[str]) -> str:
 def _table_body(path: Path) -> str:
     if not path.exists():
         return f"({path} is missing: run `dvc repro`)\n"
-    return re.sub(r"\A# [^\n]*\n\n", "", path.read_text())
+    return re.sub(r"\A# [^\n]*\n\n", "", read_text_file(path, _stage_remedy("experiments/tables.py", "tables")))
 
 
 def _training(results: Path) -> str:
@@ -134,7 +265,7 @@ def _training(results: Path) -> str:
         "|---|---|---|---|---|---|",
     ]
     for path in sorted((results / "train").glob("*/metrics.json")):  # dvclive's summary of each run
-        s = read_metrics(path.parent)
+        s = _train_summary(path)
         losses = [s.get("train", {}).get(k, float("nan")) for k in ("loss", "loss_mv", "loss_recon")]
         run = s.get("run", {})
         minutes = f"{run['seconds'] / 60:.1f} min (last run)" if "seconds" in run else "–"
@@ -193,7 +324,7 @@ def _learning(results: Path) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for path in sorted((results / "train").glob("*/metrics.json")):
-        df = read_curves(path.parent, "val")
+        df = checked_curves(path.parent, "val")
         for _, row in df.iterrows():
             cells = [f"{row[k]:.2f}" if k in df else "–" for k in columns]
             lines.append(f"| {path.parent.name} | {int(row['step'])} | " + " | ".join(cells) + " |")
@@ -216,7 +347,8 @@ def _study(results: Path) -> str:
         if not path.exists():
             parts.append(f"*{part}: not run (`python benchmarks/learning_study.py {part}`)*\n")
             continue
-        df = pd.read_csv(path)
+        remedy = f"re-create it with `python benchmarks/learning_study.py {part}` (not a DVC stage: hours of CPU)"
+        df = read_csv_file(path, remedy, (key,), ("step", *STUDY_COLUMNS))
         cols = [c for c in ("step", *STUDY_COLUMNS) if c in df.columns]
         head = [key, *[STUDY_COLUMNS.get(c, c) for c in cols]]
         lines = [f"**{part}** (`{path}`)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -229,18 +361,22 @@ def _study(results: Path) -> str:
 
 def render_report(template: str, params: Params, results: Path) -> str:
     """``template`` with every ``{{placeholder}}`` filled from ``results`` (the results/ folder) and ``params``."""
-    main_metrics = results / "metrics.json"
+    main_metrics, main_text = results / "metrics.json", "{}"
+    if main_metrics.exists():  # evaluate.py's --metrics-out: shown as it is, once checked to be JSON
+        remedy = _stage_remedy("experiments/evaluate.py --metrics-out", "evaluate")
+        read_json_file(main_metrics, remedy)
+        main_text = read_text_file(main_metrics, remedy)
     fills = {
         "setup": _setup(params),
         "training": _training(results),
         "learning": _learning(results),
         "study": _study(results),
-        "main_metrics": "```json\n" + (main_metrics.read_text() if main_metrics.exists() else "{}") + "```\n",
+        "main_metrics": "```json\n" + main_text + "```\n",
         "table2": _table_body(results / "tables" / "table2_ablation.md"),
         "table3": _table_body(results / "tables" / "table3_feedback_window.md"),
         "claims": claims_table(results, list(params.train_variants)),
     }
     unknown = set(re.findall(r"{{(\w+)}}", template)) - set(fills)
     if unknown:
-        raise KeyError(f"template placeholders with no filler: {sorted(unknown)}")
+        raise PlaceholderError(f"template placeholders with no filler: {sorted(unknown)}")
     return re.sub(r"{{(\w+)}}", lambda m: fills[m.group(1)].rstrip("\n"), template)

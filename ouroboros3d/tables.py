@@ -18,14 +18,15 @@ The tables are here, not in the stage, so their rules can be tested without a pi
 
 from __future__ import annotations
 
-import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .config import Params
+from .reporting import ResultsError, eval_remedy, read_json_file
 
 __all__ = [
     "PAPER_TABLE2",
@@ -69,8 +70,65 @@ def load_runs(eval_dir: str | Path) -> dict[str, dict]:
         raise FileNotFoundError(f"{eval_dir}: no such folder of evaluation runs (run experiments/evaluate.py)")
     runs = {}
     for path in sorted(Path(eval_dir).glob("*/metrics.json")):
-        runs[path.parent.name] = json.loads(path.read_text())
+        report = read_json_file(path, eval_remedy(path.parent.name))
+        problem = _run_problem(report)
+        if problem:
+            raise ResultsError(
+                f"{path} is not a metrics.json of experiments/evaluate.py: {problem}; " + eval_remedy(path.parent.name)
+            )
+        runs[path.parent.name] = report
     return runs
+
+
+# the parts of a run's metrics.json that the tables read, and their JSON types
+RUN_FIELDS = {
+    "name": str,
+    "variant": str,
+    "objects": int,
+    "model": {"feedback": bool, "feedback_maps": list, "joint": bool, "resolution": int},
+    "sample": {"feedback_start": numbers.Real, "steps": int},
+    "protocol": {"fscore_thresholds": list, "interval": str},
+    "summary": dict,
+}
+_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    bool: "boolean",
+    list: "list",
+    dict: "JSON object",
+    numbers.Real: "number",
+}
+
+
+def _run_problem(report, fields: dict = RUN_FIELDS, where: str = "") -> str | None:
+    """What is wrong with a metrics.json for the tables (None if nothing)."""
+    if not isinstance(report, dict):
+        return f"its {where!r} is not a JSON object"
+    for key, kind in fields.items():
+        name = f"{where}.{key}" if where else key
+        if key not in report:
+            return f"it lacks {name!r}"
+        if isinstance(kind, dict):
+            problem = _run_problem(report[key], kind, name)
+            if problem:
+                return problem
+        elif not isinstance(report[key], kind) or (kind is not bool and isinstance(report[key], bool)):
+            return f"its {name!r} is not a {_TYPE_NAMES[kind]}"
+    if where:
+        return None
+    thresholds = report["protocol"]["fscore_thresholds"]
+    if not thresholds or not all(isinstance(t, numbers.Real) for t in thresholds):
+        return "its 'protocol.fscore_thresholds' is not a non-empty list of numbers"
+    for column, stats in report["summary"].items():
+        if stats is None:  # a column with no numbers: shown as "–"
+            continue
+        values = [stats.get(k) for k in ("mean", "ci_low", "ci_high")] if isinstance(stats, dict) else [""]
+        if not all(v is None or isinstance(v, numbers.Real) for v in values):
+            return f"its summary of {column!r} is not a JSON object of numbers (mean, ci_low, ci_high)"
+    unavailable = report.get("unavailable", {})
+    if not isinstance(unavailable, dict) or not all(isinstance(v, dict) for v in unavailable.values()):
+        return "its 'unavailable' is not a JSON object of JSON objects"
+    return None
 
 
 def switches(report: dict) -> tuple[bool, tuple[str, ...]]:

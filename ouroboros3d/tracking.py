@@ -87,27 +87,37 @@ class RunLog:
     """
 
     def __init__(self, directory: Path, resume_step: int = 0, *, enabled: bool = True):
-        self.directory = Path(directory)
+        self.directory, self.resume_step, self.enabled = Path(directory), resume_step, enabled
         self._live = None
-        if not enabled:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        resume = resume_step > 0
-        latest = _trim(self.directory, resume_step) if resume else {}
-        # no dvc.yaml of its own (dvc.yaml declares these files), no experiment saved, no report
-        self._live = _live_class()(str(self.directory), resume=resume, report=None, save_dvc_exp=False, dvcyaml=False)
-        if resume:
-            self._live.summary = latest | {"step": resume_step}
-            self._live.step = resume_step
+        self._params: dict | None = None
+        self._closed = False
+
+    def _started(self):
+        """The dvclive log, begun at the first value logged: a run that fails before its first
+        logged step leaves no log folder behind (and a resumed run's log as it was)."""
+        if self._live is None and self.enabled and not self._closed:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            resume = self.resume_step > 0
+            latest = _trim(self.directory, self.resume_step) if resume else {}
+            # no dvc.yaml of its own (dvc.yaml declares these files), no experiment saved, no report
+            live = _live_class()(str(self.directory), resume=resume, report=None, save_dvc_exp=False, dvcyaml=False)
+            if resume:
+                live.summary = latest | {"step": self.resume_step}
+                live.step = self.resume_step
+            if self._params:
+                live.log_params(self._params)
+            self._live = live
+        return self._live
 
     def _log(self, kind: str, step: int, values: dict, *, plot: bool = True) -> None:
-        if self._live is None:
+        live = self._started()
+        if live is None:
             return
-        self._live.step = step
+        live.step = step
         for name, value in values.items():
             if value is not None and value != "":
-                self._live.log_metric(f"{kind}/{name}", value, plot=plot)
-        self._live.make_summary()  # metrics.json follows the run as it goes
+                live.log_metric(f"{kind}/{name}", value, plot=plot)
+        live.make_summary()  # metrics.json follows the run as it goes
 
     def log_step(self, step: int, values: dict) -> None:
         """The training losses (and lr, seconds) after ``step`` steps."""
@@ -118,18 +128,25 @@ class RunLog:
         self._log(VAL, step, scores)
 
     def log_params(self, params: dict) -> None:
+        """The run's params (written with the log's first values)."""
+        self._params = params
         if self._live is not None:
             self._live.log_params(params)
 
     def close(self, **run) -> None:
-        """End the log; ``run`` (steps, finished, seconds, ...) goes to ``metrics.json`` under ``run``."""
-        if self._live is None:
+        """End the log; ``run`` (steps, finished, seconds, ...) goes to ``metrics.json`` under ``run``.
+
+        Without ``run`` and with nothing logged yet (a failure at the start) no log is begun.
+        """
+        live = self._started() if run or self._live is not None else None
+        self._closed = True
+        if live is None:
             return
-        step = self._live.step
+        step = live.step
         for name, value in run.items():
-            self._live.log_metric(f"{RUN}/{name}", value, plot=False)
-        self._live.summary["step"] = step
-        self._live.end()
+            live.log_metric(f"{RUN}/{name}", value, plot=False)
+        live.summary["step"] = step
+        live.end()
         self._live = None
 
 

@@ -15,24 +15,30 @@ rounding. Only rank 0 writes logs and checkpoints; every rank resumes from the s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors.torch import load_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
 
 from .config import TrainSettings
+from .errors import UserError
 from .io import check_state, save_tensors
 from .model import Draws, LossWeights, Ouroboros3D, recolour
+from .progress import bar as progress_bar
 from .tracking import RunLog
 
 __all__ = [
@@ -124,7 +130,10 @@ def batch_plan(dataset, batch_size: int, real_share: float | None) -> Callable[[
     counts = [batch_size - n_real, n_real]
     for members, count, what in zip(groups, counts, ("procedural", "real"), strict=True):
         if count and not members:
-            raise ValueError(f"real_share {real_share} asks for {count} {what} objects per batch; the split has none")
+            raise UserError(
+                f"train.real_share {real_share} asks for {count} {what} objects per batch, but the training "
+                f"split has none: set real_share to null or {0.0 if what == 'real' else 1.0}, or render such objects"
+            )
     return lambda step, seed: mixed_batch_indices(groups, counts, step, seed)
 
 
@@ -267,6 +276,42 @@ def _validate_ema(model: nn.Module, ema: EMA, validate: Callable[[nn.Module], di
     return validate(shadow)
 
 
+def die_with_launcher() -> None:
+    """Under a launcher (``accelerate launch``/torchrun set ``LOCAL_RANK``), end this rank soon
+    after the launcher is gone: a killed launcher must not leave ranks training on as orphans
+    (they would finish and write the model while a relaunch trains on the same checkpoint)."""
+    if "LOCAL_RANK" not in os.environ:
+        return
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher:  # an orphan is adopted by init or a subreaper
+            time.sleep(1.0)
+        print(f"rank {os.environ.get('RANK', '?')}: the launcher is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
+
+
+@contextlib.contextmanager
+def own_checkpoints(folder: Path):
+    """Hold ``folder``'s lock for the block: one run trains into a checkpoint folder at a time.
+    An OS lock (flock): a run that died, however it died, holds nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(
+            f"{folder} is in use by another training run (it holds {folder / '.lock'}); "
+            "wait for it to end or stop it, then run again"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def train(
     model: Ouroboros3D,
     dataset,
@@ -301,96 +346,101 @@ def train(
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=settings.mixed_precision, kwargs_handlers=[ddp]
     )
+    die_with_launcher()
     checkpoint_dir = Path(checkpoint_dir)
-    last = checkpoint_dir / "last.safetensors"
-    model.to(accelerator.device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    ema = EMA(model, settings.ema_decay)
-    scaler = accelerator.scaler  # fp16 only; None otherwise
-    start = 0
-    if last.exists():
-        meta = checkpoint_metadata(last)
-        if meta.get("fingerprint") == fingerprint:
-            start = load_training_state(last, model, ema, optimizer, accelerator.device, scaler)
-            accelerator.print(f"resuming from {last} at step {start}")
-        else:
-            accelerator.print(f"{last} was written with other params: training from scratch")
-    # rank 0 logs; rows after the resumed checkpoint (steps to be redone) are dropped
-    log = RunLog(log_dir, start, enabled=accelerator.is_main_process)
-    if log_params:
-        log.log_params(log_params)
+    with own_checkpoints(checkpoint_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        last = checkpoint_dir / "last.safetensors"
+        model.to(accelerator.device)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        ema = EMA(model, settings.ema_decay)
+        scaler = accelerator.scaler  # fp16 only; None otherwise
+        start = 0
+        if last.exists():
+            meta = checkpoint_metadata(last)
+            if meta.get("fingerprint") == fingerprint:
+                start = load_training_state(last, model, ema, optimizer, accelerator.device, scaler)
+                accelerator.print(f"resuming from {last} at step {start}")
+            else:
+                accelerator.print(f"{last} was written with other params: training from scratch")
+        # rank 0 logs; rows after the resumed checkpoint (steps to be redone) are dropped
+        log = RunLog(log_dir, start, enabled=accelerator.is_main_process)
+        if log_params:
+            log.log_params(log_params)
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    schedule = lr_schedule(optimizer, settings, start)
-    weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    plan = batch_plan(dataset, settings.batch_size * world, settings.real_share)
-    end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=settings.steps, disable=not progress or rank, desc="train")
-    t0 = time.perf_counter()
-    losses: dict = {}
-    model.train()
-    try:
-        for step in bar:
-            idx = plan(step, seed)
-            positions = range(rank, len(idx), world)  # this rank's share of the global batch
-            batch = _collate([dataset[idx[j]] for j in positions], accelerator.device)
-            generator = step_draws(seed, step, positions)
-            if settings.recolour:
-                batch = recolour(batch, generator)
-            with accelerator.autocast():
-                losses = model(
-                    batch,
-                    generator,
-                    objective=objective,
-                    feedback_prob=settings.feedback_prob,
-                    cond_dropout=settings.cond_dropout,
-                    p_mean=settings.p_mean,
-                    p_std=settings.p_std,
-                    noise_mixture=settings.noise_mixture,
-                    weights=weights,
-                    lpips=lpips,
-                )
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(f"loss is {losses['loss'].item()} at step {step}; last checkpoint kept")
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(losses["loss"])
-            accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            schedule.step()
-            ema.update(accelerator.unwrap_model(model))
-            # the global batch's mean over ranks (each rank's loss is its share's mean)
-            mean = accelerator.reduce({k: v.detach() for k, v in losses.items()}, "mean")
-            values = {k: float(v) for k, v in mean.items()}
-            bar.set_postfix({k.removeprefix("loss_"): f"{values[k]:.4f}" for k in LOG_FIELDS if k in values})
-            done = step + 1
-            if rank == 0 and (done % settings.log_every == 0 or done == settings.steps):
-                row = {k: values[k] for k in LOG_FIELDS if k in values}
-                row |= {"lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
-                log.log_step(done, row)
-            due = done == settings.steps or (validate_every and done % validate_every == 0)
-            if rank == 0 and validate is not None and due:
-                scores = _validate_ema(accelerator.unwrap_model(model), ema, validate)
-                log.log_val(done, scores)
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-            if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
-                save_training_state(last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint, scaler)
-            if on_step is not None:
-                on_step(done, values)
-        log.close(steps=end, finished=end == settings.steps, seconds=round(time.perf_counter() - t0, 3))
-    finally:
-        log.close()  # an exception's way out: what was logged is kept (a no-op after the close above)
-        bar.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # destroys the process group: one train() per distributed process
-    return {
-        "steps": end,
-        "finished": end == settings.steps,
-        "seconds": time.perf_counter() - t0,
-        "final_losses": {k: float(v.detach()) for k, v in losses.items()},
-        "ema": ema,
-        "settings": asdict(settings),
-    }
+        model, optimizer = accelerator.prepare(model, optimizer)
+        schedule = lr_schedule(optimizer, settings, start)
+        weights = LossWeights(settings.recon_weight, settings.alpha_weight, settings.lpips_weight)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        plan = batch_plan(dataset, settings.batch_size * world, settings.real_share)
+        end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
+        steps = range(start, end)
+        bar = progress_bar(steps, initial=start, total=settings.steps, disable=not progress or rank, desc="train")
+        t0 = time.perf_counter()
+        losses: dict = {}
+        model.train()
+        try:
+            for step in bar:
+                idx = plan(step, seed)
+                positions = range(rank, len(idx), world)  # this rank's share of the global batch
+                batch = _collate([dataset[idx[j]] for j in positions], accelerator.device)
+                generator = step_draws(seed, step, positions)
+                if settings.recolour:
+                    batch = recolour(batch, generator)
+                with accelerator.autocast():
+                    losses = model(
+                        batch,
+                        generator,
+                        objective=objective,
+                        feedback_prob=settings.feedback_prob,
+                        cond_dropout=settings.cond_dropout,
+                        p_mean=settings.p_mean,
+                        p_std=settings.p_std,
+                        noise_mixture=settings.noise_mixture,
+                        weights=weights,
+                        lpips=lpips,
+                    )
+                if not torch.isfinite(losses["loss"]):
+                    raise FloatingPointError(f"loss is {losses['loss'].item()} at step {step}; last checkpoint kept")
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(losses["loss"])
+                accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                schedule.step()
+                ema.update(accelerator.unwrap_model(model))
+                # the global batch's mean over ranks (each rank's loss is its share's mean)
+                mean = accelerator.reduce({k: v.detach() for k, v in losses.items()}, "mean")
+                values = {k: float(v) for k, v in mean.items()}
+                bar.set_postfix({k.removeprefix("loss_"): f"{values[k]:.4f}" for k in LOG_FIELDS if k in values})
+                done = step + 1
+                if rank == 0 and (done % settings.log_every == 0 or done == settings.steps):
+                    row = {k: values[k] for k in LOG_FIELDS if k in values}
+                    row |= {"lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+                    log.log_step(done, row)
+                due = done == settings.steps or (validate_every and done % validate_every == 0)
+                if rank == 0 and validate is not None and due:
+                    scores = _validate_ema(accelerator.unwrap_model(model), ema, validate)
+                    log.log_val(done, scores)
+                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+                if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
+                    save_training_state(
+                        last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint, scaler
+                    )
+                if on_step is not None:
+                    on_step(done, values)
+            log.close(steps=end, finished=end == settings.steps, seconds=round(time.perf_counter() - t0, 3))
+        finally:
+            log.close()  # an exception's way out: what was logged is kept (a no-op after the close above)
+            bar.close()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()  # destroys the process group: one train() per distributed process
+        return {
+            "steps": end,
+            "finished": end == settings.steps,
+            "seconds": time.perf_counter() - t0,
+            "final_losses": {k: float(v.detach()) for k, v in losses.items()},
+            "ema": ema,
+            "settings": asdict(settings),
+        }

@@ -3,8 +3,10 @@
     make gpu-check                     # = python scripts/gpu_check.py
     python scripts/gpu_check.py --steps 50 --out results/gpu_check.json
 
-Three checks, each recorded in ``results/gpu_check.json`` (written atomically):
+Four checks, each recorded in ``results/gpu_check.json`` (written atomically):
 
+0. The paper route: ``scripts/paper_route.py`` on CUDA first (seconds): the ``paper`` preset's
+   structure (SVD's VAE latents, CLIP, LGM-big's layout, fp16), tiny, through every stage script.
 1. Rasteriser: gsplat's CUDA kernels (``render(..., backend="cuda")``, what every CUDA run uses)
    against the project's pure-PyTorch path on the CPU (``backend="torch"``, what every CPU run
    and every test here uses), on random Gaussians at the gpu-medium resolution: images (rgb,
@@ -252,6 +254,25 @@ def cuda_device_name() -> str:
     return torch.cuda.get_device_name()
 
 
+def check_paper_route() -> dict:
+    """``scripts/paper_route.py`` (the paper preset's structure, tiny, through every stage script)
+    on this CUDA machine: whether the route a GPU user takes works, in seconds, before anything long."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "paper_route.py"
+    with tempfile.TemporaryDirectory(prefix="paper-route-") as folder:
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, str(script), "--out", folder], capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        route = Path(folder) / "route.json"
+        report = json.loads(route.read_text()) if route.exists() else {}
+    if run.returncode != 0:
+        failed = report.get("failed", {})
+        tail = failed.get("tail") or (run.stdout + run.stderr)[-2000:]
+        return {"ok": False, "error": f"stage {failed.get('stage', '?')} failed: {' '.join(tail.split())[-600:]}"}
+    return {"ok": True, "seconds": seconds, "stage_seconds": report["seconds"], "checks": report["checks"]}
+
+
 def attempt(check, *args):
     """Run one check; an exception fails it (and is printed) instead of ending the run, so the
     JSON always says which checks passed."""
@@ -293,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         f"gpu-check on {report['device']} (torch {report['torch']}, CUDA {report['cuda']}, gsplat {gsplat.__version__})"
     )
 
+    report["paper_route"] = pr = attempt(check_paper_route)
+    if "error" not in pr:
+        pr["summary"] = (
+            f"paper route (tiny, every stage script, latent: vae, fp16): {pr['seconds']:.1f} s, "
+            f"{pr['checks']['views']} views of {pr['checks']['view_size']}², {pr['checks']['gaussians']} Gaussians"
+        )
+    print(verdict("paper route", pr))
+
     report["rasteriser"] = r = attempt(check_rasteriser, params)
     if "error" not in r:
         worst = max(r["gradients"].values(), key=lambda g: g["relative_l2_error"])
@@ -326,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(verdict("sampling", s))
 
-    report["ok"] = all(report[k]["ok"] for k in ("rasteriser", "training", "sampling"))
+    report["ok"] = all(report[k]["ok"] for k in ("paper_route", "rasteriser", "training", "sampling"))
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"{'all checks passed' if report['ok'] else 'SOME CHECKS FAILED'}; wrote {args.out}")
     return 0 if report["ok"] else 1

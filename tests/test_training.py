@@ -10,6 +10,7 @@ from conftest import SyntheticDataset, synthetic_batch, tiny_params
 from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model, training_fingerprint
+from ouroboros3d.errors import UserError
 from ouroboros3d.perceptual import WeightsUnavailable, load_lpips
 from ouroboros3d.tracking import read_curves
 from ouroboros3d.training import (
@@ -86,7 +87,7 @@ def test_real_share_fixes_each_batchs_mix_and_visits_every_real_object_reproduci
     assert batch_plan(objects, 4, None)(7, 3) == batch_indices(24, 4, 7, 3)  # null: the old draw
     assert all(real >= set(b) for b in (batch_plan(objects, 4, 1.0)(s, 0) for s in range(3)))
     objects.object_ids = objects.object_ids[:20]
-    with pytest.raises(ValueError, match=r"real_share 0\.5 asks for 2 real objects per batch; the split has none"):
+    with pytest.raises(UserError, match=r"real_share 0\.5 asks for 2 real objects per batch, but the training split"):
         batch_plan(objects, 4, 0.5)
 
 

@@ -20,10 +20,17 @@ key             shape            dtype      values
 The CCM is read from ``<ccm_dir>/<object_id>/ccm.npy`` when a ``ccm_dir`` is given and the
 file exists, and otherwise computed from the depth with the given normalisation, so the
 dataset also opens a renders folder of your own that has no CCM stage output.
+
+Opening the dataset checks every object's files once, reading only headers (the JSON, the
+``.npy`` headers, the PNG headers and ends: well under a millisecond per object), so a missing, damaged or
+stale file stops with one line naming the object, the file and the fix
+(:class:`~ouroboros3d.data.layout.CorruptObjectError`) before any model is built, not with a
+traceback in the middle of training.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +39,13 @@ from torch.utils.data import Dataset
 
 from ..cameras import plucker_rays
 from ..ccm import CCMNormalization, depth_to_ccm
+from ..errors import one_line
 from . import layout
 
 __all__ = ["MultiViewDataset"]
+
+# what reading a file that changed or broke after the dataset opened can raise (PIL: OSError, SyntaxError)
+_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, KeyError, TypeError, zlib.error)
 
 
 class MultiViewDataset(Dataset):
@@ -50,12 +61,23 @@ class MultiViewDataset(Dataset):
         self.renders_dir = Path(renders_dir)
         self.ccm_dir = Path(ccm_dir) if ccm_dir is not None else None
         self.ccm_normalization = ccm_normalization
-        self.object_ids = sorted(object_ids) if object_ids is not None else layout.list_objects(self.renders_dir)
+        if object_ids is None:
+            layout.require_complete(self.renders_dir)
+            self.object_ids = layout.list_objects(self.renders_dir)
+        else:
+            self.object_ids = sorted(object_ids)
         if not self.object_ids:
             raise FileNotFoundError(
                 f"no rendered objects in {self.renders_dir}: expected sub-folders with {layout.CAMERAS_FILE}, "
                 f"{layout.DEPTH_FILE} and rgb_XX.png/alpha_XX.png (see ouroboros3d.data)"
             )
+        # every file checked once, now, from its header: (views, height, width) per object
+        self.shapes = layout.check_split(self.renders_dir, self.object_ids)
+        if self.ccm_dir is not None:
+            for object_id, shape in self.shapes.items():
+                ccm_file = self.ccm_dir / object_id / layout.CCM_FILE
+                if ccm_file.exists():
+                    layout.check_ccm(ccm_file, shape)
 
     @classmethod
     def for_split(
@@ -68,18 +90,31 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.object_ids)
 
-    def __getitem__(self, index: int) -> dict:
-        object_id = self.object_ids[index]
+    def _read(self, object_id: str) -> tuple:
+        """The object's files as arrays: cameras, RGB, alpha, depth and the CCM file's array (None without one)."""
         obj_dir = self.renders_dir / object_id
         cams = layout.read_cameras(obj_dir)
+        rgb, alpha = layout.read_views(obj_dir, len(cams["c2w"]))
+        depth = np.load(obj_dir / layout.DEPTH_FILE, allow_pickle=False)
+        ccm_file = self.ccm_dir / object_id / layout.CCM_FILE if self.ccm_dir is not None else None
+        ccm = np.load(ccm_file, allow_pickle=False) if ccm_file is not None and ccm_file.is_file() else None
+        return cams, rgb, alpha, depth, ccm
+
+    def __getitem__(self, index: int) -> dict:
+        object_id = self.object_ids[index]
+        try:  # the headers were checked when the dataset opened: what fails here is damaged inside, or changed since
+            cams, rgb, alpha, depth, ccm = self._read(object_id)
+        except _READ_ERRORS as e:
+            raise layout.CorruptObjectError(
+                f"rendered object {object_id!r}: a file in {self.renders_dir / object_id} cannot be read "
+                f"({one_line(e)}); " + layout.RERENDER.format(folder=self.renders_dir / object_id)
+            ) from e
         K, c2w = cams["K"], cams["c2w"]
-        rgb, alpha = layout.read_views(obj_dir, len(c2w))
-        depth = torch.from_numpy(np.load(obj_dir / layout.DEPTH_FILE).astype(np.float32))
+        depth = torch.from_numpy(depth.astype(np.float32))
         height, width = depth.shape[-2:]
         views = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
-        ccm_file = self.ccm_dir / object_id / layout.CCM_FILE if self.ccm_dir is not None else None
-        if ccm_file is not None and ccm_file.is_file():
-            ccm = torch.from_numpy(np.load(ccm_file).astype(np.float32))
+        if ccm is not None:
+            ccm = torch.from_numpy(ccm.astype(np.float32))
         else:
             ccm = depth_to_ccm(depth, K, c2w, self.ccm_normalization)
         return {

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from ..cameras import RenderSettings, object_cameras
 from ..config import Params
 from ..errors import UserError
 from . import layout
+from ..progress import bar as progress_bar
 from .mesh import EmptyMeshError, normalize_to_unit_box
 from .render import RenderedViews, render_views, require_embree
 from .sources import MeshObject, make_source
@@ -270,12 +270,12 @@ def _init_worker() -> None:
 def _run_jobs(jobs: list[ObjectJob], workers: int, progress: bool) -> list[dict]:
     bar = dict(total=len(jobs), desc="render", unit="obj", disable=not progress, file=sys.stderr, mininterval=0.5)
     if workers <= 1 or len(jobs) <= 1:
-        return [render_object(job) for job in tqdm(jobs, **bar)]
+        return [render_object(job) for job in progress_bar(jobs, **bar)]
     # fork (as torch's DataLoader does; workers drop to one thread, so the parent's OpenMP pool is never
     # touched); spawn where fork is unavailable
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap(render_object, jobs, chunksize=1), **bar))
+        return list(progress_bar(pool.imap(render_object, jobs, chunksize=1), **bar))
 
 
 def read_manifest(out_dir: str | Path) -> pd.DataFrame:

@@ -1,0 +1,97 @@
+"""What a failed or concurrent training run leaves (issue 19): no log folder from a run that
+failed at its start, one run per checkpoint folder (a lock that a dead owner does not hold),
+and progress that a log file can hold (plain lines, not a carriage return per step)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import CHILD_ENV, SyntheticDataset, tiny_params
+
+from ouroboros3d import progress
+from ouroboros3d.build import build_model
+from ouroboros3d.errors import UserError
+from ouroboros3d.training import own_checkpoints, train
+
+
+def _train(tmp_path, params, **kw):
+    torch.manual_seed(0)
+    dataset = kw.pop("dataset", None) or SyntheticDataset(params)
+    settings = dataclasses.replace(params.train, steps=2, log_every=1, checkpoint_every=1)
+    return train(
+        build_model(params), dataset, settings, tmp_path / "ckpt", tmp_path / "log", seed=0, fingerprint="f",
+        progress=False, **kw,
+    )  # fmt: skip
+
+
+def test_a_run_that_fails_at_its_start_leaves_no_log_folder(tmp_path):
+    params = tiny_params(train={"real_share": 0.5})
+    procedural_only = SyntheticDataset(params)
+    procedural_only.object_ids = [f"random_urdfs-{i:03d}" for i in range(len(procedural_only))]
+    with pytest.raises(UserError, match="the training split has none"):
+        _train(tmp_path, params, dataset=procedural_only, log_params={"objects": 4})
+    assert not (tmp_path / "log").exists()
+    # ... while a run that logs writes its log, params included
+    _train(tmp_path, params, log_params={"objects": 4})
+    assert (tmp_path / "log" / "metrics.json").exists() and (tmp_path / "log" / "params.yaml").exists()
+
+
+def test_one_run_owns_a_checkpoint_folder_and_a_dead_owner_holds_nothing(tmp_path):
+    folder = tmp_path / "ckpt"
+    holder = (
+        "import sys, time; from filelock import FileLock; "
+        "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)"
+    )
+    folder.mkdir()
+    other = subprocess.Popen(
+        [sys.executable, "-c", holder, str(folder / ".lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | CHILD_ENV,
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="is in use by another training run"):
+            _train(tmp_path, tiny_params())
+        assert not (folder / "last.safetensors").exists()  # refused before anything was written
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait(timeout=60)
+    summary = _train(tmp_path, tiny_params())  # the killed owner held nothing
+    assert summary["finished"] and (folder / "last.safetensors").exists()
+    with own_checkpoints(folder), pytest.raises(UserError):  # and the finished run released it
+        with own_checkpoints(folder):
+            pass
+
+
+def test_progress_in_a_log_is_plain_lines_a_minute_apart():
+    log = io.StringIO()
+    bar = progress.bar(range(1000), total=1000, desc="train", file=log)
+    for _ in bar:
+        pass
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert 1 <= len(lines) <= 3, lines  # the start and the end: the loop took well under a minute
+    assert "1000/1000" in lines[-1]
+
+
+def test_progress_in_a_log_writes_a_line_per_interval(monkeypatch):
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.05)
+    log = io.StringIO()
+    with progress.bar(total=10, desc="eval", file=log) as bar:
+        for _ in range(10):
+            time.sleep(0.03)
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert 3 <= len(lines) <= 8, lines  # about every other update: 10 x 30 ms at a 50 ms interval
+    assert all(line.startswith("eval:") for line in lines)
