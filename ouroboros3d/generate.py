@@ -233,9 +233,9 @@ def generate(
     kept: list[StepRecord] = []
     bar = None
     if progress is True:
-        from tqdm.auto import tqdm
+        from .progress import bar as progress_bar
 
-        bar = tqdm(total=steps, desc="denoising", unit="step", leave=False)
+        bar = progress_bar(total=steps, desc="denoising", unit="step", leave=False)
 
     def on_step(info: dict) -> None:
         if info["i"] in keep and info["record"] is not None:

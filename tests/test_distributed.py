@@ -269,3 +269,41 @@ def test_a_pretraining_objective_trains_on_two_ranks(driver, tmp_path):
         torch.set_default_dtype(torch.float32)
     changed = {k.split(".")[1] for k, v in final.items() if k.startswith("model.") and not torch.equal(v, start[k[6:]])}
     assert changed == {"denoiser"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_ranks_die_with_a_killed_launcher_and_a_relaunch_resumes_exactly(driver, two_ranks, tmp_path):
+    out = tmp_path / "orphans"
+    launcher = _start(_command(driver, out, 1, ranks=2, pause_at=3), out)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not ((out / "paused").exists() and (out / "pid.1").exists()):
+            assert launcher.poll() is None, _log(out)
+            assert time.monotonic() < deadline, "the 2-rank run never reached step 3"
+            time.sleep(0.2)
+        ranks = [int((out / f"pid.{r}").read_text()) for r in range(2)]
+        launcher.send_signal(signal.SIGKILL)  # the launcher alone: its ranks must follow it
+        launcher.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in ranks), f"ranks {ranks} outlived their launcher"
+    finally:
+        _kill(launcher, out)
+    assert not (out / "final.safetensors").exists()
+    losses, final = _run(driver, out, batch_size=1, ranks=2)  # the same command resumes from step 2
+    assert sorted(losses) == [3, 4, 5, 6]
+    for step in losses:
+        assert losses[step] == two_ranks[0][step], step
+    _assert_same(final, two_ranks[1], atol=0)

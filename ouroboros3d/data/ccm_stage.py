@@ -14,15 +14,14 @@ one line naming the object and the file, and leaves the CCM folder as it was.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..ccm import CCMNormalization, depth_to_ccm
 from ..errors import UserError, one_line
+from ..progress import bar as progress_bar
 from . import layout
 from .pipeline import SPLITS, DatasetTooSmallError, read_manifest
 
@@ -85,7 +84,7 @@ def write_ccms(
     for split, ids in done.items():
         split_out = Path(ccm_dir) / split
         layout.remove_stale_temporaries(split_out)
-        for object_id in tqdm(ids, desc=f"ccm {split}", unit="obj", disable=not progress, file=sys.stderr):
+        for object_id in progress_bar(ids, desc=f"ccm {split}", unit="obj", disable=not progress):
             ccm = object_ccm(Path(renders_dir) / split / object_id, norm).numpy().astype(CCM_DTYPE)
             with layout.atomic_object_dir(split_out, object_id) as tmp:
                 np.save(tmp / layout.CCM_FILE, ccm)
