@@ -95,3 +95,17 @@ def test_progress_in_a_log_writes_a_line_per_interval(monkeypatch):
     lines = log.getvalue().splitlines()
     assert 3 <= len(lines) <= 8, lines  # about every other update: 10 x 30 ms at a 50 ms interval
     assert all(line.startswith("eval:") for line in lines)
+
+
+def test_a_bar_that_sets_its_postfix_every_step_still_logs_a_line_a_minute():
+    log = io.StringIO()
+    bar = progress.bar(range(500), total=500, desc="train", file=log)
+    for i in bar:
+        bar.set_postfix({"loss": f"{1 / (i + 1):.4f}"})  # redraws at every call
+        if i == 250:
+            bar.write("step 250: mv_psnr 17.00", file=bar.fp)  # a message through the bar passes as it is
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "step 250: mv_psnr 17.00" in lines
+    assert len(lines) <= 5, lines  # the first state, the message (and the state beside it), the last
+    assert "500/500" in lines[-1]
