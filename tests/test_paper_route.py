@@ -60,7 +60,7 @@ def test_the_paper_route_runs_through_the_stage_scripts(tmp_path):
     assert checks["views"] == 8 and checks["view_size"] == 64 and checks["gaussians"] > 0
     assert checks["eval_objects"] == 2
     # validation ran with latent: vae at every pretraining step, and at the fine-tune's end
-    for run_name, steps in (("pretrain_denoiser", [1, 2]), ("train", [2])):
+    for run_name, steps in (("pretrain_denoiser", [1, 2]), ("main", [2])):
         val = tmp_path / "results" / "train" / run_name / "plots" / "metrics" / "val" / "mv_psnr.tsv"
         rows = val.read_text().splitlines()[1:]
         assert [int(r.split("\t")[0]) for r in rows] == steps, run_name

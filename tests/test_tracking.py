@@ -24,9 +24,12 @@ def test_a_resumed_log_drops_the_rows_after_its_checkpoint_and_logs_each_step_on
     assert read_metrics(tmp_path / "log")["train"]["loss"] == 1 / 3  # metrics.json follows the run
 
     log = RunLog(tmp_path / "log", resume_step=2)  # the checkpoint is at step 2
-    assert read_curves(tmp_path / "log")["step"].tolist() == [1, 2]
-    for step in (3, 4):
-        log.log_step(step, {"loss": 1.0 / step, "lr": 0.1})
+    # the log is left as it was until the resumed run logs (a resume that fails at its start keeps it)
+    assert read_curves(tmp_path / "log")["step"].tolist() == [1, 2, 3]
+    log.log_step(3, {"loss": 1.0 / 3, "lr": 0.1})
+    assert read_curves(tmp_path / "log")["step"].tolist() == [1, 2, 3]  # step 3 dropped, then logged again
+    assert read_curves(tmp_path / "log", "val")["step"].tolist() == [2]
+    log.log_step(4, {"loss": 1.0 / 4, "lr": 0.1})
     log.log_val(4, {"psnr": 40.0})
     log.close(steps=4, finished=True)
 
