@@ -35,7 +35,7 @@ import torch
 from ouroboros3d.checkpoint import load_checkpoint
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.errors import ArgumentParser, GenerationError, guard
+from ouroboros3d.errors import ArgumentParser, GenerationError, count, guard
 from ouroboros3d.evaluation import (
     Evaluator,
     dvc_metrics,
@@ -128,22 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.metrics_out, json.dumps(dvc, indent=2) + "\n")
     print(summary_line(report))
     return 0
-
-
-def count(minimum: int):
-    """An argparse type: an integer >= ``minimum``; anything else is a usage error naming the option."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ouroboros3d.checkpoint import read_checkpoint_params
-from ouroboros3d.errors import ArgumentParser, UserError, guard
+from ouroboros3d.errors import ArgumentParser, UserError, count, guard
 from ouroboros3d.evaluation import run_name
 from ouroboros3d.io import atomic_write_bytes, atomic_write_text
 
@@ -63,22 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     reuse(Path(args.same_as), Path(run.out) / name, name, run.variant, run.feedback_start)
     print(f"{name}: the model has no feedback, so this window is the run in {args.same_as} (reused)")
     return 0
-
-
-def count(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (as experiments/evaluate.py checks it)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 def fraction(text: str) -> float:

@@ -21,6 +21,7 @@ import torch
 
 from .config import Params
 from .errors import UserError
+from .io import file_sha256
 from .model import Ouroboros3D
 
 __all__ = [
@@ -184,14 +185,6 @@ def initialise(model: Ouroboros3D, params: Params, denoiser: str | Path | None =
         _load_part(model.reconstructor, _pretrained_state(folder, params, "reconstructor"), folder, allow_new=())
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _folder_digest(folder: Path) -> str:
     """A hash of every safetensors file in a model folder (its components' subfolders included)."""
     files = sorted(folder.rglob("*.safetensors"))
@@ -199,7 +192,7 @@ def _folder_digest(folder: Path) -> str:
         raise InitError(f"{folder}: no weights (*.safetensors) to start from")
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}:{_file_digest(path)};".encode())
+        digest.update(f"{path.relative_to(folder).as_posix()}:{file_sha256(path)};".encode())
     return digest.hexdigest()
 
 

@@ -34,6 +34,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def count(minimum: int):
+    """An argparse type: an integer >= ``minimum``; anything else is a usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (its type's name when it has none)."""
     return " ".join(str(e).split()) or type(e).__name__

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import io
 import json
 import os
@@ -36,7 +35,7 @@ from PIL import Image, ImageDraw
 from . import cameras
 from .errors import GenerationError, one_line
 from .gaussians import save_ply
-from .io import TMP_PREFIX, atomic_write_bytes, atomic_write_text
+from .io import TMP_PREFIX, atomic_write_bytes, atomic_write_text, file_sha256
 from .splatting import render
 
 if TYPE_CHECKING:
@@ -276,7 +275,7 @@ def _write_files(
         "turntable_frames": turntable,
         "strip_steps": [r.i for r in result.steps],
         "files": sorted([*files, RECORD_FILE]),
-        "sha256": {name: _sha256(path) for name, path in sorted(files.items())},
+        "sha256": {name: file_sha256(path) for name, path in sorted(files.items())},
         "notes": notes,
     }
     atomic_write_text(out_dir / RECORD_FILE, json.dumps(record, indent=2))
@@ -356,7 +355,7 @@ def is_complete(out_dir: str | Path, required: tuple[str, ...] = ()) -> bool:
         files, sums = list(record["files"]), dict(record["sha256"])
         if RECORD_FILE not in files or set(sums) != set(files) - {RECORD_FILE} or not set(required) <= set(files):
             return False
-        return all((out_dir / name).is_file() and _sha256(out_dir / name) == digest for name, digest in sums.items())
+        return all((out_dir / n).is_file() and file_sha256(out_dir / n) == digest for n, digest in sums.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -454,11 +453,3 @@ def _commit(staged: Path, final: Path, expect: FolderState | None) -> None:
         raise GenerationError(f"cannot write {final}: {one_line(e)}") from None
     finally:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -3,6 +3,7 @@ the parts of the model saved the diffusers way (:class:`PretrainedMixin`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_write_text",
     "check_finite",
     "check_state",
+    "file_sha256",
     "save_tensors",
 ]
 
@@ -44,6 +46,15 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

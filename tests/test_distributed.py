@@ -233,27 +233,36 @@ def test_two_ranks_of_batch_1_train_as_one_process_of_batch_2(driver, two_ranks,
     assert max(gaps) <= ATOL
 
 
+def _wait_for_pause(launcher: subprocess.Popen, out: Path) -> None:
+    """Until rank 0 waits after step 3 (its checkpoint of step 2 written) and rank 1 has started."""
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while not ((out / "paused").exists() and (out / "pid.1").exists()):
+        assert launcher.poll() is None, _log(out)
+        assert time.monotonic() < deadline, "the 2-rank run never reached step 3"
+        time.sleep(0.2)
+
+
+def _assert_resumes_as_the_uninterrupted_run(driver: Path, out: Path, two_ranks) -> None:
+    losses, final = _run(driver, out, batch_size=1, ranks=2)  # the same command resumes
+    assert sorted(losses) == [3, 4, 5, 6]  # from the checkpoint of step 2
+    for step in losses:
+        assert losses[step] == two_ranks[0][step], step
+    _assert_same(final, two_ranks[1], atol=0)
+
+
 @pytest.mark.slow
 def test_a_two_rank_run_killed_and_resumed_ends_as_the_uninterrupted_one(driver, two_ranks, tmp_path):
     out = tmp_path / "killed"
     launcher = _start(_command(driver, out, 1, ranks=2, pause_at=3), out)
     try:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT
-        while not ((out / "paused").exists() and (out / "pid.1").exists()):
-            assert launcher.poll() is None, _log(out)
-            assert time.monotonic() < deadline, "the 2-rank run never reached step 3"
-            time.sleep(0.2)
+        _wait_for_pause(launcher, out)
     finally:
         # rank 0 waits after step 3, rank 1 in step 4's all-reduce: SIGKILL both ranks, then the launcher
         _kill(launcher, out)
     assert not (out / "final.safetensors").exists()
     assert checkpoint_metadata(out / "ckpt" / "last.safetensors")["step"] == "2"  # step 3 is lost
 
-    losses, final = _run(driver, out, batch_size=1, ranks=2)  # the same command resumes
-    assert sorted(losses) == [3, 4, 5, 6]  # from the checkpoint of step 2
-    for step in losses:
-        assert losses[step] == two_ranks[0][step], step
-    _assert_same(final, two_ranks[1], atol=0)
+    _assert_resumes_as_the_uninterrupted_run(driver, out, two_ranks)
 
 
 @pytest.mark.slow
@@ -287,11 +296,7 @@ def test_ranks_die_with_a_killed_launcher_and_a_relaunch_resumes_exactly(driver,
     out = tmp_path / "orphans"
     launcher = _start(_command(driver, out, 1, ranks=2, pause_at=3), out)
     try:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT
-        while not ((out / "paused").exists() and (out / "pid.1").exists()):
-            assert launcher.poll() is None, _log(out)
-            assert time.monotonic() < deadline, "the 2-rank run never reached step 3"
-            time.sleep(0.2)
+        _wait_for_pause(launcher, out)
         ranks = [int((out / f"pid.{r}").read_text()) for r in range(2)]
         launcher.send_signal(signal.SIGKILL)  # the launcher alone: its ranks must follow it
         launcher.wait(timeout=60)
@@ -302,8 +307,4 @@ def test_ranks_die_with_a_killed_launcher_and_a_relaunch_resumes_exactly(driver,
     finally:
         _kill(launcher, out)
     assert not (out / "final.safetensors").exists()
-    losses, final = _run(driver, out, batch_size=1, ranks=2)  # the same command resumes from step 2
-    assert sorted(losses) == [3, 4, 5, 6]
-    for step in losses:
-        assert losses[step] == two_ranks[0][step], step
-    _assert_same(final, two_ranks[1], atol=0)
+    _assert_resumes_as_the_uninterrupted_run(driver, out, two_ranks)
