@@ -435,6 +435,13 @@ def train(
             log.close()  # an exception's way out: what was logged is kept (a no-op after the close above)
             bar.close()
         accelerator.wait_for_everyone()
+        # The DDP wrapper goes before the process group. Its Reducer holds the group; were it the
+        # last holder, the group's destructor would run inside the Reducer's, with the GIL held,
+        # and join gloo's worker threads while one of them waits for the GIL to free the last
+        # collective's tensors: a deadlock (seen: 1 of 8 two-rank runs under load, twice in CI).
+        # Released here, the group dies in end_training, whose destructor lets the GIL go.
+        del model
+        accelerator.free_memory()
         accelerator.end_training()  # destroys the process group: one train() per distributed process
         return {
             "steps": end,
