@@ -19,7 +19,7 @@ import torch
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
 from ouroboros3d.build import denoiser_config
 from ouroboros3d.config import load_params
-from ouroboros3d.denoiser import MultiViewDenoiser, parameter_summary
+from ouroboros3d.models.denoiser import MultiViewDenoiser, parameter_summary
 
 
 def _sync(device: torch.device) -> None:

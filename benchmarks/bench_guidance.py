@@ -21,9 +21,9 @@ from bench_ouroboros import timed  # the benchmarks' one timer (run as a script 
 
 from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
-from ouroboros3d.io import atomic_write_text
+from ouroboros3d.data.synthetic import synthetic_batch
+from ouroboros3d.files import atomic_write_text
 from ouroboros3d.model import sample, sample_kwargs
-from ouroboros3d.synthetic import synthetic_batch
 
 
 class TwoPasses(torch.nn.Module):

@@ -24,9 +24,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ouroboros3d import cameras, edm
 from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
+from ouroboros3d.diffusion import edm
+from ouroboros3d.geometry import cameras
 from ouroboros3d.model import sample
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from ouroboros3d.config import CameraParams
-from ouroboros3d.data.pipeline import ObjectJob, RenderSettings, render_object
+from ouroboros3d.data.render_stage import ObjectJob, RenderSettings, render_object
 from ouroboros3d.data.sources import RandomURDFSource, YCBSource
 
 

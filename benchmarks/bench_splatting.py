@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from ouroboros3d.cameras import default_view_layout, intrinsics, orbit_c2w
-from ouroboros3d.gaussians import Gaussians
-from ouroboros3d.splatting import render
-from ouroboros3d.synthetic import shell_gaussians
+from ouroboros3d.data.synthetic import shell_gaussians
+from ouroboros3d.gaussians.container import Gaussians
+from ouroboros3d.gaussians.splatting import render
+from ouroboros3d.geometry.cameras import default_view_layout, intrinsics, orbit_c2w
 
 DEFAULT_SIZES = ("1x8x2000@64", "2x8x4096@64", "2x8x4096@128", "1x8x16384@128")
 

@@ -16,9 +16,9 @@ against bf16 several-fold), prints:
     .venv/bin/python benchmarks/bench_throughput.py                       # cpu-small, 2 threads
     .venv/bin/python benchmarks/bench_throughput.py --batches 2 8 16 --json results/benchmarks/throughput.json
 
-The model's training step is the one :func:`ouroboros3d.training.train` runs (``model(batch,
+The model's training step is the one :func:`ouroboros3d.training.loop.train` runs (``model(batch,
 draws, objective=...)`` under the same autocast accelerate applies); the batch is synthetic
-(:func:`ouroboros3d.synthetic.synthetic_batch`), which costs what real views cost.
+(:func:`ouroboros3d.data.synthetic.synthetic_batch`), which costs what real views cost.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
+from ouroboros3d.data.synthetic import synthetic_batch
 from ouroboros3d.model import sample, sample_kwargs
-from ouroboros3d.synthetic import synthetic_batch
-from ouroboros3d.training import step_draws
+from ouroboros3d.training.loop import step_draws
 
 
 def cpu_matrix_units() -> list[str]:

@@ -6,7 +6,7 @@
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
 
 Every number is on the validation split (objects neither trained on nor evaluated), through
-:func:`ouroboros3d.validation.validation_scores`: the 1-step sample D(σ_max) (the
+:func:`ouroboros3d.training.validation.validation_scores`: the 1-step sample D(σ_max) (the
 conditional mean), a full sample of plain multi-view diffusion (no G) and the trivial
 baselines. ``noise`` and ``size`` pretrain F from scratch with the params' ``pretrain.denoiser``
 settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed weights.
@@ -33,16 +33,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ouroboros3d import edm
 from ouroboros3d.build import build_model, initialise
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.io import atomic_write_bytes
-from ouroboros3d.metrics import object_seed
+from ouroboros3d.diffusion import edm
+from ouroboros3d.evaluation.metrics import object_seed
+from ouroboros3d.files import atomic_write_bytes
 from ouroboros3d.model import sample_kwargs
-from ouroboros3d.tracking import read_curves
-from ouroboros3d.training import train
-from ouroboros3d.validation import stack_items, validation_scores
+from ouroboros3d.training.loop import train
+from ouroboros3d.training.tracking import read_curves
+from ouroboros3d.training.validation import stack_items, validation_scores
 
 OUT = Path("results/study")
 # label -> pretrain settings changes: the pretraining's earlier setting, EDM2's pixel preset,

@@ -10,7 +10,7 @@ That function loads SVD's VAE and CLIP image encoder from local folders for the 
 here they are built from SVD-xt's published configs instead (:data:`SVD_VAE`,
 :data:`SVD_CLIP`): the same architectures, so the same parameter counts, without weights.
 
-Static training memory follows from the counts and from how ``ouroboros3d/training.py``
+Static training memory follows from the counts and from how ``ouroboros3d/training/loop.py``
 trains (see :data:`ASSUMPTIONS`). What cannot be computed from counts, activations, is
 measured: one training step and one sample of the preset, each in a fresh subprocess so that
 each peak is its own. On CUDA: ``torch.cuda.max_memory_allocated`` for every preset. On a CPU
@@ -40,8 +40,8 @@ import torch
 
 from ouroboros3d.build import build_model
 from ouroboros3d.config import Params, load_params
-from ouroboros3d.io import atomic_write_text
-from ouroboros3d.synthetic import synthetic_batch
+from ouroboros3d.data.synthetic import synthetic_batch
+from ouroboros3d.files import atomic_write_text
 
 PRESETS = ("cpu-small", "gpu-medium", "paper")
 DEFAULT_OUT = Path("results/benchmarks/memory.json")
@@ -212,7 +212,7 @@ def measure_step(params: Params, device: str, steps: int = 2) -> dict:
     from accelerate import Accelerator
 
     from ouroboros3d.model import LossWeights
-    from ouroboros3d.training import EMA
+    from ouroboros3d.training.loop import EMA
 
     settings = params.train
     model = build(params, device)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ouroboros3d.config import load_params
 from ouroboros3d.data import SPLITS, write_ccms
-from ouroboros3d.data.figures import dataset_figure, pick_figure_objects
+from ouroboros3d.data.previews import dataset_figure, pick_figure_objects
 from ouroboros3d.errors import ArgumentParser, guard
 
 

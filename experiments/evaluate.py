@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: sample every eval object with a trained model and score it (ouroboros3d.metrics).
+"""DVC stage `evaluate`: sample every eval object with a trained model and score it (ouroboros3d.evaluation.metrics).
 
     python experiments/evaluate.py --variant main [--feedback-start 0.4] [--record-steps 3]
                                    [--metrics-out results/metrics.json]
@@ -20,7 +20,7 @@ with ``--feedback-start``):
   at every denoising step (3D render PSNR/SSIM, Chamfer, F-scores; the renders as uint8).
 
 ``--metrics-out`` also writes the means as a small JSON of numbers (the DVC metrics file). The
-run, its report and its files: ouroboros3d/evaluation.py.
+run, its report and its files: ouroboros3d/evaluation/evaluate.py.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from pathlib import Path
 
 import torch
 
-from ouroboros3d.checkpoint import load_checkpoint
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.errors import ArgumentParser, GenerationError, count, guard
-from ouroboros3d.evaluation import (
+from ouroboros3d.evaluation.evaluate import (
     Evaluator,
     dvc_metrics,
     evaluate_objects,
@@ -46,7 +45,8 @@ from ouroboros3d.evaluation import (
     summary_line,
     write_run,
 )
-from ouroboros3d.io import atomic_write_text
+from ouroboros3d.files import atomic_write_text
+from ouroboros3d.inference.model_folder import load_checkpoint
 from ouroboros3d.model import sample_kwargs
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ouroboros3d.checkpoint import read_checkpoint_params
 from ouroboros3d.errors import ArgumentParser, UserError, count, guard
-from ouroboros3d.evaluation import run_name
-from ouroboros3d.io import atomic_write_bytes, atomic_write_text
+from ouroboros3d.evaluation.evaluate import run_name
+from ouroboros3d.files import atomic_write_bytes, atomic_write_text
+from ouroboros3d.inference.model_folder import read_checkpoint_params
 
 MESH_COLUMNS = ("mesh_", "volume_iou")  # prefixes of the columns only Table 2's runs have
 

@@ -17,7 +17,7 @@ For each run (a label and an experiments/evaluate.py results folder whose ``step
 
 By default the runs are the main model with feedback at every step and the same model with
 no feedback at inference (``--feedback-start 1.0``): the same weights, the only difference
-being whether the reconstructions are fed back. The figures: ouroboros3d/figures.py.
+being whether the reconstructions are fed back. The figures: ouroboros3d/reporting/figures.py.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 from ouroboros3d.errors import ArgumentParser, guard
-from ouroboros3d.figures import curves, curves_figure, learning_figure, load_run, png_bytes, steps_figure
-from ouroboros3d.io import atomic_write_bytes, atomic_write_text
+from ouroboros3d.files import atomic_write_bytes, atomic_write_text
+from ouroboros3d.reporting.figures import curves, curves_figure, learning_figure, load_run, png_bytes, steps_figure
 
 
 @guard

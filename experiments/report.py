@@ -6,7 +6,7 @@ The template holds the prose; every number, table and verdict comes from `result
 the template's placeholders, so the report is regenerated with the results and never edited by
 hand. Verdicts are computed from paired per-object differences and their 95% t-intervals:
 "better"/"worse" only when the interval excludes zero. The placeholders and how each is filled:
-ouroboros3d/reporting.py.
+ouroboros3d/reporting/report.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ouroboros3d.config import load_params
 from ouroboros3d.errors import ArgumentParser, UserError, guard
-from ouroboros3d.io import atomic_write_text
-from ouroboros3d.reporting import PlaceholderError, read_text_file, render_report
+from ouroboros3d.files import atomic_write_text
+from ouroboros3d.reporting.report import PlaceholderError, read_text_file, render_report
 
 
 @guard
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = render_report(template, params, Path(args.results))
     except PlaceholderError as e:
-        raise UserError(f"{args.template}: {e}; see ouroboros3d/reporting.py for the placeholders") from None
+        raise UserError(f"{args.template}: {e}; see ouroboros3d/reporting/report.py for the placeholders") from None
     atomic_write_text(args.out, report)
     print(f"wrote {args.out}")
     return 0

@@ -15,7 +15,7 @@ import yaml
 
 from ouroboros3d.config import RESOLVED_PARAMS, load_params, resolved_params
 from ouroboros3d.errors import ArgumentParser, guard
-from ouroboros3d.io import atomic_write_text
+from ouroboros3d.files import atomic_write_text
 
 HEADER = "# params.yaml with its preset applied, written by experiments/resolve_params.py: do not edit\n"
 

@@ -14,7 +14,7 @@ need not be trained twice). Table 3: the main model sampled with feedback from
 ``feedback_start`` of the way on (0 = every step). Both tables add reference rows (G on the
 ground-truth views, the 1-step sample), the trivial baselines (the input view copied to every
 view, a blank white image) and, for geometry, the oracle (the ground-truth depth maps'
-points), all through the same metric code. The rules are in ouroboros3d/tables.py.
+points), all through the same metric code. The rules are in ouroboros3d/reporting/tables.py.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from ouroboros3d.config import load_params
 from ouroboros3d.errors import ArgumentParser, guard
-from ouroboros3d.io import atomic_write_text
-from ouroboros3d.tables import build_tables, load_runs, protocol_notes, variant_switches
+from ouroboros3d.files import atomic_write_text
+from ouroboros3d.reporting.tables import build_tables, load_runs, protocol_notes, variant_switches
 
 
 @guard

@@ -28,13 +28,13 @@ from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.errors import ArgumentParser, guard
-from ouroboros3d.metrics import object_seed
+from ouroboros3d.evaluation.metrics import object_seed
+from ouroboros3d.evaluation.perceptual import load_lpips
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 from ouroboros3d.model import sample_kwargs
-from ouroboros3d.perceptual import load_lpips
-from ouroboros3d.pipeline import Ouroboros3DPipeline
-from ouroboros3d.tracking import read_metrics
-from ouroboros3d.training import train
-from ouroboros3d.validation import reconstruction_scores, stack_items, validation_scores
+from ouroboros3d.training.loop import train
+from ouroboros3d.training.tracking import read_metrics
+from ouroboros3d.training.validation import reconstruction_scores, stack_items, validation_scores
 
 
 @guard

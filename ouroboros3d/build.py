@@ -3,7 +3,7 @@ fingerprint what shapes its training.
 
 One initialisation path serves every preset (:func:`initialise`): F and G each start from a
 local folder, either a model this project trained (what
-:meth:`~ouroboros3d.pipeline.Ouroboros3DPipeline.save_pretrained` writes: ``params.json`` and
+:meth:`~ouroboros3d.inference.pipeline.Ouroboros3DPipeline.save_pretrained` writes: ``params.json`` and
 per-component ``denoiser/``, ``reconstructor/`` subfolders, e.g. the pretraining stages'
 ``models/pretrain/denoiser``) or, for F, a diffusers UNet folder
 (SVD's ``unet``, the paper preset). Fine-tuning starts exactly from those weights; parts the
@@ -21,7 +21,7 @@ import torch
 
 from .config import Params
 from .errors import UserError
-from .io import file_sha256
+from .files import file_sha256
 from .model import Ouroboros3D
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 def denoiser_config(params: Params):
     """F's architecture: ``model.denoiser`` with what follows from the rest of the params (the
     latent space, the resolution, the ablation switches)."""
-    from .denoiser import DenoiserConfig
+    from .models.denoiser import DenoiserConfig
 
     maps = tuple(m for m in ("ccm", "rgb") if m in params.feedback_maps) if params.feedback else ()
     vae = params.model.latent == "vae"
@@ -56,8 +56,8 @@ def denoiser_config(params: Params):
 
 def build_model(params: Params) -> Ouroboros3D:
     """The model the params describe, freshly initialised (global RNG: the autoencoder, then F, then G)."""
-    from .autoencoder import PixelAutoencoder, VAEAutoencoder
-    from .denoiser import MultiViewDenoiser
+    from .models.autoencoder import PixelAutoencoder, VAEAutoencoder
+    from .models.denoiser import MultiViewDenoiser
 
     autoencoder = (
         PixelAutoencoder() if params.model.latent == "pixel" else VAEAutoencoder.from_folder(params.model.vae_path)
@@ -82,13 +82,13 @@ def assemble_model(params: Params, autoencoder, denoiser_net, reconstructor) -> 
 
 def build_reconstructor(params: Params):
     """G as ``model.reconstructor`` sizes it; timestep-conditioned when trained jointly."""
-    from .reconstructor import Reconstructor
+    from .models.reconstructor import Reconstructor
 
     return Reconstructor(**reconstructor_kwargs(params))
 
 
 def reconstructor_kwargs(params: Params) -> dict:
-    """The arguments :func:`build_reconstructor` gives :class:`~ouroboros3d.reconstructor.Reconstructor`."""
+    """The arguments :func:`build_reconstructor` gives :class:`~ouroboros3d.models.reconstructor.Reconstructor`."""
     r = params.model.reconstructor
     return dict(
         in_views=len(params.model.recon_views),
@@ -130,11 +130,11 @@ def _differences(a, b, key: str = "") -> list[str]:
 
 def _pretrained_state(folder: Path, params: Params, part: str) -> dict[str, torch.Tensor]:
     """The saved weights of component ``part`` ("denoiser", "reconstructor") of a model folder
-    (:meth:`ouroboros3d.pipeline.Ouroboros3DPipeline.save_pretrained`), refused when its
+    (:meth:`ouroboros3d.inference.pipeline.Ouroboros3DPipeline.save_pretrained`), refused when its
     params.json describes another architecture."""
     from safetensors.torch import load_file
 
-    from .io import WEIGHTS_NAME
+    from .files import WEIGHTS_NAME
 
     weights, meta = folder / part / WEIGHTS_NAME, folder / "params.json"
     expected = f"expected {part}/{WEIGHTS_NAME} and params.json (a model saved by the train stage)"

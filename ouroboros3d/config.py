@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from ruamel.yaml import YAMLError
 
-from .ccm import CCMNormalization
 from .errors import UserError
+from .geometry.ccm import CCMNormalization
 
 __all__ = ["RESOLVED_PARAMS", "Params", "ParamsError", "load_params", "params_from_dict", "resolved_params"]
 
@@ -58,7 +58,7 @@ def _short(value: Any, limit: int = 80) -> str:
 # every int param must fit in 64 bits (numpy, torch); the seed has its own, tighter range
 INT_RANGE = (-(2**63), 2**63)
 # params.seed: the training derives torch seeds from it as ``seed * 791_923_757 + ...``
-# (ouroboros3d.training), which torch.Generator.manual_seed needs in [-2**63, 2**64)
+# (ouroboros3d.training.loop), which torch.Generator.manual_seed needs in [-2**63, 2**64)
 SEED_LIMIT = 2**32
 
 
@@ -163,7 +163,7 @@ SMALL_UP_BLOCKS = ("CrossAttnUpBlockSpatioTemporal",) * 3 + ("UpBlockSpatioTempo
 
 @dataclass(frozen=True)
 class DenoiserParams:
-    """Architecture of the multi-view denoiser F (ouroboros3d.denoiser.DenoiserConfig's fields
+    """Architecture of the multi-view denoiser F (ouroboros3d.models.denoiser.DenoiserConfig's fields
     that params set; the latent channels, resolution and feedback maps follow from the rest of
     the params). The defaults are ``cpu-small``'s: an 11M-parameter SVD-family UNet."""
 
@@ -236,7 +236,7 @@ class DenoiserParams:
 
 @dataclass(frozen=True)
 class ReconstructorParams:
-    """Sizes of the LGM-style reconstructor G (see ouroboros3d.reconstructor).
+    """Sizes of the LGM-style reconstructor G (see ouroboros3d.models.reconstructor).
 
     Its splat images have ``image_size * 2**(len(up_channels) - len(down_channels))`` pixels
     a side: one Gaussian per splat pixel per input view.
@@ -291,7 +291,7 @@ class ReconstructorParams:
 
     def layer_widths(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         """The channels of G's GroupNorms and of its multi-view attentions, each with the key
-        that sets them: ``ouroboros3d.reconstructor.Reconstructor``'s layers, as it builds them
+        that sets them: ``ouroboros3d.models.reconstructor.Reconstructor``'s layers, as it builds them
         (tests/test_params_checks.py holds the two in step)."""
         down, up, per_block = self.down_channels, self.up_channels, self.layers_per_block
         down_attention = self.down_attention or (False,) * (len(down) - 1) + (True,)
@@ -324,7 +324,7 @@ class ReconstructorParams:
 
 
 def _group_norm_groups(channels: int) -> int:
-    """The groups of ``ouroboros3d.reconstructor._group_norm(channels)`` (32 where the width
+    """The groups of ``ouroboros3d.models.reconstructor._group_norm(channels)`` (32 where the width
     allows, else groups of at least 2 channels; tests/test_params_checks.py compares the two)."""
     return math.gcd(32, max(channels // 2, 1))
 
@@ -447,7 +447,7 @@ class SampleParams:
 
 @dataclass(frozen=True)
 class EvaluationParams:
-    """Settings of the evaluation (experiments/evaluate.py, ouroboros3d.metrics); not of the model."""
+    """Settings of the evaluation (experiments/evaluate.py, ouroboros3d.evaluation.metrics); not of the model."""
 
     batch_size: int = 4  # objects sampled together; each has its own seeded noise
     gt_points: int = 50_000  # points sampled on each ground-truth mesh surface (seeded per object)
@@ -455,7 +455,7 @@ class EvaluationParams:
     step_objects: int = 3  # eval objects whose per-step reconstructions are recorded (Figure 3)
     feedback_starts: tuple[float, ...] = (0.4, 0.8, 1.0)  # Table 3: inference-only feedback windows
     confidence: float = 0.95  # of the t-interval over objects
-    mesh_metrics: bool = True  # Table 2 runs: mesh Chamfer/F-score and volume IoU (ouroboros3d.metrics)
+    mesh_metrics: bool = True  # Table 2 runs: mesh Chamfer/F-score and volume IoU (ouroboros3d.evaluation.metrics)
     iou_grid: int = 64  # voxels per side of the volume-IoU grid (SyncDreamer's 64)
 
     def validate(self, key: str) -> None:

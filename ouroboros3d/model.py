@@ -10,7 +10,7 @@ supplementary; the recursion runs through the EDM sampler's callback.
 
 Tensor conventions: images are (B, V, 3, H, W) in [0, 1], view 0 is the input view;
 cameras are ``K`` (B, V, 3, 3) and ``c2w`` (B, V, 4, 4) in the convention of
-:mod:`ouroboros3d.cameras`.
+:mod:`ouroboros3d.geometry.cameras`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import edm
-from .cameras import plucker_rays
-from .ccm import CCMNormalization, depth_to_ccm
-from .gaussians import Gaussians
-from .splatting import render
+from .diffusion import edm
+from .gaussians.container import Gaussians
+from .gaussians.splatting import render
+from .geometry.cameras import plucker_rays
+from .geometry.ccm import CCMNormalization, depth_to_ccm
 
 __all__ = [
     "Draws",
@@ -289,7 +289,7 @@ def reconstruction_loss(
     out = {"loss_rgb": loss_rgb, "loss_alpha": loss_alpha}
     if weights.lpips > 0:
         if lpips is None:
-            raise ValueError("an LPIPS weight > 0 needs an LPIPS model (ouroboros3d.perceptual.load_lpips)")
+            raise ValueError("an LPIPS weight > 0 needs an LPIPS model (ouroboros3d.evaluation.perceptual.load_lpips)")
         loss_lpips = lpips(recon.rgb.flatten(0, 1) * 2 - 1, views.flatten(0, 1) * 2 - 1).mean()
         loss_recon = loss_recon + weights.lpips * loss_lpips
         out["loss_lpips"] = loss_lpips

@@ -14,7 +14,7 @@ Four checks, each recorded in ``results/gpu_check.json`` (written atomically):
    to every Gaussian field. Image tolerances are those of tests/test_splatting.py's CUDA test;
    the gradient tolerance (relative L2 error) was set a priori, not calibrated on a GPU.
 2. Training: the gpu-medium preset for ``--steps`` steps in bf16 through the library's
-   ``ouroboros3d.training.train`` (Algorithm 1, AdamW, EMA, accelerate), on synthetic discs at
+   ``ouroboros3d.training.loop.train`` (Algorithm 1, AdamW, EMA, accelerate), on synthetic discs at
    128² (no rendered data needed): seconds per step, peak CUDA memory, final losses finite.
 3. Sampling: one object with the recursive loop (Algorithm 2, G at every step) with the
    gpu-medium sample params and the just-trained EMA weights: seconds, peak CUDA memory.
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
+from ouroboros3d.data.synthetic import shell_gaussians
 from ouroboros3d.errors import UserError, guard
-from ouroboros3d.synthetic import shell_gaussians
 
 FIELDS = ("means", "quats", "scales", "opacities", "colors")
 IMAGE_TOLERANCE = {"quantile_999": 1e-3, "mean": 1e-4}  # as tests/test_splatting.py's CUDA test
@@ -75,7 +75,7 @@ def gib(n: int | None) -> str:
 def synthetic_dataset(params, size: int) -> list[dict[str, torch.Tensor]]:
     """``size`` objects: a coloured disc per object, moving across the views as the camera turns
     (tests/conftest.py's synthetic_batch), at the preset's resolution and cameras."""
-    from ouroboros3d import cameras
+    from ouroboros3d.geometry import cameras
 
     res, v = params.data.resolution, params.camera.num_views
     az = cameras.default_view_layout(params.camera.orbit_frames, params.camera.view_frames)
@@ -99,9 +99,9 @@ def synthetic_dataset(params, size: int) -> list[dict[str, torch.Tensor]]:
 
 def check_rasteriser(params, objects: int = 2, gaussians: int = 4096, device: str = "cuda", backend: str = "cuda"):
     """gsplat (``backend`` on ``device``) against the torch path on the CPU."""
-    from ouroboros3d import cameras
-    from ouroboros3d.gaussians import Gaussians
-    from ouroboros3d.splatting import render
+    from ouroboros3d.gaussians.container import Gaussians
+    from ouroboros3d.gaussians.splatting import render
+    from ouroboros3d.geometry import cameras
 
     size, v = params.data.resolution, params.camera.num_views
     az = cameras.default_view_layout(params.camera.orbit_frames, params.camera.view_frames)
@@ -158,7 +158,7 @@ def check_rasteriser(params, objects: int = 2, gaussians: int = 4096, device: st
 
 def check_training(params, steps: int, objects: int, mixed_precision: str = "bf16") -> tuple[dict, torch.nn.Module]:
     from ouroboros3d.build import build_model
-    from ouroboros3d.training import train
+    from ouroboros3d.training.loop import train
 
     settings = dataclasses.replace(
         params.train,
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     import gsplat
 
     from ouroboros3d.config import load_params
-    from ouroboros3d.io import atomic_write_text
+    from ouroboros3d.files import atomic_write_text
 
     params = load_params(args.params, preset="gpu-medium")
     report: dict = {

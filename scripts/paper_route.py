@@ -133,7 +133,7 @@ def stages(image: str, cuda: bool) -> list[tuple[str, list[str]]]:
         ("pretrain_reconstructor", [py, f"{exp}/train.py", "--params", "params.yaml", "--pretrain", "reconstructor"]),
         ("train", [py, f"{exp}/train.py", "--params", "params.yaml", "--variant", "main", "--init", "models/pretrain"]),
         ("evaluate", [py, f"{exp}/evaluate.py", "--params", "params.yaml", "--variant", "main", "--no-progress"]),
-        ("generate", [py, "-m", "ouroboros3d.cli", "generate", image, "--checkpoint", "models/main", "--out",
+        ("generate", [py, "-m", "ouroboros3d.inference.cli", "generate", image, "--checkpoint", "models/main", "--out",
                       "generated", "--steps", "2", "--device", "cuda" if cuda else "cpu", "--quiet"]),
     ]  # fmt: skip
 
@@ -143,7 +143,7 @@ def check_outputs(out: Path, params: dict) -> dict:
     from PIL import Image
     from plyfile import PlyData
 
-    from ouroboros3d.pipeline import Ouroboros3DPipeline
+    from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
     views, size = len(params["camera"]["view_frames"]), params["presets"]["paper"]["data"]["resolution"]
     cwd = Path.cwd()

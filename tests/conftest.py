@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from ouroboros3d.config import _deep_merge, params_from_dict
-from ouroboros3d.synthetic import synthetic_batch
+from ouroboros3d.data.synthetic import synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
-from ouroboros3d.autoencoder import PixelAutoencoder, VAEAutoencoder
+from ouroboros3d.models.autoencoder import PixelAutoencoder, VAEAutoencoder
 
 # A tiny random SVD-style VAE: two levels (downscale 2), 4 latent channels.
 TINY_VAE = {

@@ -22,10 +22,10 @@ import yaml
 from conftest import ROOT, load_script, tiny_params, tiny_raw
 from PIL import Image
 
-from ouroboros3d import cli
 from ouroboros3d.build import build_model
 from ouroboros3d.errors import UserError
-from ouroboros3d.pipeline import Ouroboros3DPipeline
+from ouroboros3d.inference import cli
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 SCRIPTS = (
     "resolve_params",
@@ -251,7 +251,9 @@ def test_debug_re_raises_what_is_otherwise_one_error_line(command, argv, workspa
 
 def test_debug_prints_the_traceback_in_a_fresh_process(workspace):
     argv = ["generate", str(workspace / "notes.png"), "--checkpoint", str(workspace / "ckpt"), "--debug"]
-    proc = subprocess.run([sys.executable, "-m", "ouroboros3d.cli", *argv], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ouroboros3d.inference.cli", *argv], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1  # an uncaught exception, as Python ends on one
     assert proc.stderr.startswith("Traceback (most recent call last):")
     assert "GenerationError: " in proc.stderr and "not a readable image" in proc.stderr

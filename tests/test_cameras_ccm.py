@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ouroboros3d import cameras
-from ouroboros3d.ccm import CCMNormalization, ccm_to_world, depth_to_ccm, depth_to_world, world_to_ccm
+from ouroboros3d.geometry import cameras
+from ouroboros3d.geometry.ccm import CCMNormalization, ccm_to_world, depth_to_ccm, depth_to_world, world_to_ccm
 
 AZIMUTHS = torch.tensor([0.0, 45.0, 90.0, 170.0, 225.0, 337.5])
 

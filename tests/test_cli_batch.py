@@ -13,10 +13,10 @@ import trimesh
 from conftest import tiny_params
 from PIL import Image
 
-from ouroboros3d import generate as generate_module
 from ouroboros3d.build import build_model
-from ouroboros3d.cli import main
-from ouroboros3d.pipeline import Ouroboros3DPipeline
+from ouroboros3d.inference import generate as generate_module
+from ouroboros3d.inference.cli import main
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 FAST = ["--steps", "1", "--turntable-frames", "2", "--strip-steps", "1"]
 
@@ -53,7 +53,7 @@ def photos(tmp_path) -> Path:
 
 @pytest.fixture
 def loads(monkeypatch) -> list[str]:
-    """Records every model load (the CLI imports load_checkpoint from ouroboros3d.generate when it runs)."""
+    """Records every model load (the CLI imports load_checkpoint from ouroboros3d.inference.generate when it runs)."""
     calls = []
     real = generate_module.load_checkpoint
 

@@ -79,7 +79,7 @@ def test_paper_preset_builds_table_1_shapes_and_lgm_sized_reconstructor_on_meta(
     import torch
 
     from ouroboros3d.build import build_reconstructor, denoiser_config
-    from ouroboros3d.denoiser import MultiViewDenoiser
+    from ouroboros3d.models.denoiser import MultiViewDenoiser
 
     raw = _raw()
     raw["preset"] = "paper"

@@ -26,7 +26,7 @@ from PIL import Image
 from ouroboros3d.build import build_model
 from ouroboros3d.config import params_from_dict
 from ouroboros3d.data import MultiViewDataset, layout, render_dataset, write_ccms
-from ouroboros3d.pipeline import Ouroboros3DPipeline
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 VIEWS, RES = 4, 16
 OBJ = "folder-box1"  # the damaged object: the second, so no case passes by failing on the first

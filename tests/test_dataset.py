@@ -7,10 +7,10 @@ import trimesh
 from conftest import load_script
 from PIL import Image
 
-from ouroboros3d.cameras import plucker_rays
-from ouroboros3d.ccm import CCMNormalization, depth_to_ccm
 from ouroboros3d.config import params_from_dict
 from ouroboros3d.data import MultiViewDataset, layout, render_dataset, write_ccms
+from ouroboros3d.geometry.cameras import plucker_rays
+from ouroboros3d.geometry.ccm import CCMNormalization, depth_to_ccm
 
 RES, VIEWS = 16, 8
 

@@ -2,7 +2,7 @@
 
 Each sample's draws (recolouring, sigma, noise, conditioning dropout) come from a generator of
 (seed, step, its index in the step's global batch) and the second-pass coin from (seed, step)
-(:func:`ouroboros3d.training.step_draws`). The cheap tests check that in-process; the slow ones
+(:func:`ouroboros3d.training.loop.step_draws`). The cheap tests check that in-process; the slow ones
 run the tiny config under ``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml``
 (2 gloo CPU ranks): 2 ranks x batch 1 against 1 process x batch 2, and a 2-rank run killed with
 SIGKILL after a checkpoint, then resumed.
@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model
 from ouroboros3d.model import Draws, _noise_draws, recolour
-from ouroboros3d.training import batch_indices, checkpoint_metadata, step_draws
+from ouroboros3d.training.loop import batch_indices, checkpoint_metadata, step_draws
 
 # 1 process x batch 2 against 2 gloo ranks x batch 1: the same arithmetic but for float rounding
 # (a batch of 2 against two batches of 1 in the convolutions, the all-reduce of the gradients).
@@ -114,7 +114,7 @@ from conftest import SyntheticDataset, tiny_params
 from safetensors.torch import save_file
 
 from ouroboros3d.build import build_model, training_fingerprint
-from ouroboros3d.training import train
+from ouroboros3d.training.loop import train
 
 out, batch_size, pause_at, objective = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rank = int(os.environ.get("RANK", "0"))

@@ -47,7 +47,7 @@ def test_dvc_yaml_lists_exactly_the_code_each_stage_imports():
 def test_closure_follows_relative_and_lazy_imports():
     closure = code_closure(ROOT / "experiments" / "train.py")
     # train.py -> ouroboros3d.build -> (lazy) .model -> .splatting
-    assert {"ouroboros3d/build.py", "ouroboros3d/model.py", "ouroboros3d/splatting.py"} <= closure
+    assert {"ouroboros3d/build.py", "ouroboros3d/model.py", "ouroboros3d/gaussians/splatting.py"} <= closure
     assert "ouroboros3d/__init__.py" in closure and "ouroboros3d/_compat.py" in closure
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ouroboros3d import edm
+from ouroboros3d.diffusion import edm
 
 SIGMAS = [0.002, 0.1, 0.5, 1.0, 2.7, 14.6, 80.0, 700.0]
 

@@ -17,9 +17,9 @@ from conftest import load_script, tiny_raw
 
 from ouroboros3d.build import build_model
 from ouroboros3d.config import ParamsError, params_from_dict
-from ouroboros3d.data.pipeline import render_dataset
-from ouroboros3d.evaluation import dvc_metrics, run_name
-from ouroboros3d.pipeline import Ouroboros3DPipeline
+from ouroboros3d.data.render_stage import render_dataset
+from ouroboros3d.evaluation.evaluate import dvc_metrics, run_name
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

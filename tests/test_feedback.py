@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
-from ouroboros3d.feedback import FeedbackNetwork, ResidualBlock
+from ouroboros3d.models.feedback import FeedbackNetwork, ResidualBlock
 
 TABLE_1 = [(320, 64, 64), (640, 32, 32), (1280, 16, 16), (1280, 8, 8)]
 

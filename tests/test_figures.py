@@ -1,4 +1,4 @@
-"""The results figures (ouroboros3d.figures) on hand-made per-step records and training logs."""
+"""The results figures (ouroboros3d.reporting.figures) on hand-made per-step records and training logs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ouroboros3d import figures
+from ouroboros3d.reporting.report import figures
 
 
 def test_pick_steps_spreads_from_the_first_to_the_last_step():
@@ -41,7 +41,7 @@ def test_png_bytes_are_the_same_for_the_same_figure_and_carry_no_version():
 
 
 def _log(run_dir, kind: str, columns: dict[str, list[float]]) -> None:
-    """A dvclive log as ouroboros3d.tracking writes it: metrics.json and one TSV per metric."""
+    """A dvclive log as ouroboros3d.training.tracking writes it: metrics.json and one TSV per metric."""
     (run_dir / "plots" / "metrics" / kind).mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text("{}")
     for name, values in columns.items():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from plyfile import PlyData
 
-from ouroboros3d.gaussians import SH_C0, Gaussians, load_ply, rgb_to_sh_dc, save_ply, sh_dc_to_rgb
+from ouroboros3d.gaussians.container import SH_C0, Gaussians, load_ply, rgb_to_sh_dc, save_ply, sh_dc_to_rgb
 
 INRIA_PROPERTIES = [
     "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",

@@ -1,4 +1,4 @@
-"""Image-to-3D for a user's picture: the `ouroboros3d generate` command and ouroboros3d.generate, on a tiny model."""
+"""Image-to-3D for a user's picture: `ouroboros3d generate` and ouroboros3d.inference.generate, on a tiny model."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from conftest import ROOT, tiny_params, tiny_raw
 from PIL import Image
 
 from ouroboros3d.build import build_model
-from ouroboros3d.cli import main
 from ouroboros3d.config import params_from_dict, params_from_resolved
-from ouroboros3d.gaussians import load_ply
-from ouroboros3d.generate import (
+from ouroboros3d.gaussians.container import load_ply
+from ouroboros3d.inference.cli import main
+from ouroboros3d.inference.generate import (
     GenerationError,
     default_elevation,
     generate,
@@ -29,7 +29,7 @@ from ouroboros3d.generate import (
     target_fill,
     write_outputs,
 )
-from ouroboros3d.pipeline import Ouroboros3DPipeline
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 STEPS = 2
 FRAMES = 5
@@ -126,7 +126,7 @@ def test_cli_generate_rgba_end_to_end(ckpt, images, tmp_path, capsys):
 def test_installed_command_with_jpeg(ckpt, images, tmp_path):
     """The entry point end to end in a fresh process: RGB JPEG, the model folder, the default out dir."""
     script = Path(sys.executable).parent / "ouroboros3d"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "ouroboros3d.cli"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "ouroboros3d.inference.cli"]
     args = ["generate", str(images["cup"]), "--checkpoint", str(ckpt), "--steps", str(STEPS)]
     args += ["--turntable-frames", str(FRAMES), "--elevation", "20", "--no-feedback", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": os.path.dirname(sys.executable)}  # no ffmpeg on this PATH
@@ -181,7 +181,15 @@ def test_bad_inputs_give_one_line_errors(image, checkpoint, expect, ckpt, images
 
 def test_module_entry_point_error_in_a_fresh_process(images):
     proc = subprocess.run(
-        [sys.executable, "-m", "ouroboros3d.cli", "generate", str(images["notes"]), "--checkpoint", "nowhere"],
+        [
+            sys.executable,
+            "-m",
+            "ouroboros3d.inference.cli",
+            "generate",
+            str(images["notes"]),
+            "--checkpoint",
+            "nowhere",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

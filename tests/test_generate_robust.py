@@ -26,14 +26,14 @@ from conftest import CHILD_ENV, tiny_params
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ouroboros3d import exports
 from ouroboros3d.build import build_model
-from ouroboros3d.cli import is_finished, main
 from ouroboros3d.errors import GenerationError
-from ouroboros3d.exports import ConcurrentWriteError, is_complete, write_outputs
-from ouroboros3d.generate import generate, load_checkpoint, prepare_image
-from ouroboros3d.io import TMP_PREFIX, WEIGHTS_NAME
-from ouroboros3d.pipeline import COMPONENTS, Ouroboros3DPipeline
+from ouroboros3d.files import TMP_PREFIX, WEIGHTS_NAME
+from ouroboros3d.inference import exports
+from ouroboros3d.inference.cli import is_finished, main
+from ouroboros3d.inference.exports import ConcurrentWriteError, is_complete, write_outputs
+from ouroboros3d.inference.generate import generate, load_checkpoint, prepare_image
+from ouroboros3d.inference.pipeline import COMPONENTS, Ouroboros3DPipeline
 
 FAST = ["--steps", "1", "--turntable-frames", "2", "--strip-steps", "1"]
 
@@ -142,7 +142,7 @@ def _run_bad(workspace, tmp_path, capfd, argv: list[str], expect: str, out: Path
 @pytest.mark.parametrize(("option", "value", "expect"), OPTION_CASES)
 def test_bad_option_is_refused_before_the_model_loads(option, value, expect, workspace, tmp_path, capfd, monkeypatch):
     loads = []
-    monkeypatch.setattr("ouroboros3d.generate.load_checkpoint", lambda *a, **k: loads.append(a) or 1 / 0)
+    monkeypatch.setattr("ouroboros3d.inference.generate.load_checkpoint", lambda *a, **k: loads.append(a) or 1 / 0)
     out = tmp_path / "out"
     argv = ["generate", str(workspace / "mug.png"), "--checkpoint", str(workspace / "ckpt"), "--out", str(out)]
     _run_bad(workspace, tmp_path, capfd, [*argv, "--mesh", f"{option}={value}"], expect, out)
@@ -151,7 +151,7 @@ def test_bad_option_is_refused_before_the_model_loads(option, value, expect, wor
 
 @pytest.mark.parametrize(("out", "expect"), OUT_CASES)
 def test_bad_out_is_refused_before_the_model_loads(out, expect, workspace, tmp_path, capfd, monkeypatch):
-    monkeypatch.setattr("ouroboros3d.generate.load_checkpoint", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("ouroboros3d.inference.generate.load_checkpoint", lambda *a, **k: 1 / 0)
     target = workspace / out
     for images in (["mug.png"], ["mug.png", "tiny.png"]):  # one image (--out is its folder) and a batch
         argv = ["generate", *(str(workspace / i) for i in images), "--checkpoint", str(workspace / "ckpt")]
@@ -294,7 +294,7 @@ def _consistent(out: Path) -> dict:
 def test_two_processes_into_one_folder_leave_one_runs_output(workspace, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, **CHILD_ENV, "PATH": os.path.dirname(sys.executable)}  # no ffmpeg: faster, the same
-    base = [sys.executable, "-m", "ouroboros3d.cli", "generate", str(workspace / "mug.png")]
+    base = [sys.executable, "-m", "ouroboros3d.inference.cli", "generate", str(workspace / "mug.png")]
     base += ["--checkpoint", str(workspace / "ckpt"), "--out", str(out), "--quiet", *FAST]
     procs = [
         subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Mesh export (ouroboros3d.meshing): Gaussians on a sphere must give back that sphere, watertight and coloured."""
+"""Mesh export (ouroboros3d.gaussians.meshing): Gaussians on a sphere give back that sphere, watertight and coloured."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 import trimesh
 
-from ouroboros3d.gaussians import Gaussians
-from ouroboros3d.meshing import MeshError, gaussians_to_mesh, write_mesh
-from ouroboros3d.metrics import chamfer_fscore
+from ouroboros3d.evaluation.metrics import chamfer_fscore
+from ouroboros3d.gaussians.container import Gaussians
+from ouroboros3d.gaussians.meshing import MeshError, gaussians_to_mesh, write_mesh
 
 RADIUS = 0.3  # the sphere the Gaussians sit on
 COUNT = 3000  # Gaussians on it
@@ -57,7 +57,7 @@ def test_sphere_gives_a_watertight_sphere_close_to_it(sphere_mesh):
     # half a voxel (marching cubes interpolates the zero crossing within a cell), one Gaussian
     # standard deviation (the rendered depth averages the centres of the overlapping Gaussians a
     # ray meets first; obliquely these sit towards the camera), and one pixel footprint at the
-    # cameras' distance (the renderer's depth bias, see ouroboros3d.splatting).
+    # cameras' distance (the renderer's depth bias, see ouroboros3d.gaussians.splatting).
     voxel = 2 * BOUND / GRID
     pixel = 2 * CAMERA_RADIUS * math.tan(math.radians(FOV / 2)) / IMAGE
     bound = voxel / 2 + SIGMA + pixel  # 0.015 + 0.0097 + 0.0124 = 0.037 (the sphere's radius is 0.3)

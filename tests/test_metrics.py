@@ -1,4 +1,4 @@
-"""ouroboros3d.metrics against hand-computed values, and the "unavailable" paths."""
+"""ouroboros3d.evaluation.metrics against hand-computed values, and the "unavailable" paths."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import trimesh
 
-from ouroboros3d import metrics
-from ouroboros3d.cameras import intrinsics
+from ouroboros3d.evaluation.evaluate import metrics
+from ouroboros3d.geometry.cameras import intrinsics
 
 
 def test_psnr_of_known_images():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import synthetic_batch, tiny_params
 
-from ouroboros3d import edm
 from ouroboros3d.build import build_model
+from ouroboros3d.diffusion import edm
 from ouroboros3d.model import Ouroboros3D, feedback_window, guidance_scales, initial_noise, sample
 
 

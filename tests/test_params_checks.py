@@ -20,8 +20,8 @@ import torch
 import yaml
 from conftest import load_script, tiny_raw
 
-from ouroboros3d.ccm import CCMNormalization
 from ouroboros3d.config import ParamsError, _group_norm_groups, params_from_dict
+from ouroboros3d.geometry.ccm import CCMNormalization
 
 BASE = tiny_raw()
 SECTIONS = [k for k in BASE if k not in ("presets", "variants")]
@@ -301,7 +301,7 @@ def _accepts(**model) -> bool:
 
 
 def test_group_norm_groups_are_the_reconstructors():
-    from ouroboros3d.reconstructor import _group_norm
+    from ouroboros3d.models.reconstructor import _group_norm
 
     for c in range(1, 300):
         try:
@@ -313,7 +313,7 @@ def test_group_norm_groups_are_the_reconstructors():
 
 
 def test_reconstructor_widths_are_refused_exactly_when_the_reconstructor_cannot_be_built():
-    from ouroboros3d.reconstructor import Reconstructor
+    from ouroboros3d.models.reconstructor import Reconstructor
 
     rng = random.Random(0)
     outcomes = set()
@@ -341,7 +341,7 @@ def test_reconstructor_widths_are_refused_exactly_when_the_reconstructor_cannot_
 
 
 def test_denoiser_widths_and_heads_are_refused_exactly_when_the_denoiser_cannot_run():
-    from ouroboros3d.denoiser import DenoiserConfig, MultiViewDenoiser
+    from ouroboros3d.models.denoiser import DenoiserConfig, MultiViewDenoiser
 
     down, up = ("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"), ("UpBlockSpatioTemporal",)
     up += ("CrossAttnUpBlockSpatioTemporal",)

@@ -15,13 +15,13 @@ from conftest import tiny_params
 from safetensors.torch import load_file, save_file
 
 from ouroboros3d.build import build_model, build_reconstructor, initialise
-from ouroboros3d.checkpoint import load_checkpoint
-from ouroboros3d.denoiser import DenoiserConfig, MultiViewDenoiser
 from ouroboros3d.errors import GenerationError
-from ouroboros3d.generate import generate
-from ouroboros3d.io import WEIGHTS_NAME
-from ouroboros3d.pipeline import Ouroboros3DPipeline
-from ouroboros3d.reconstructor import Reconstructor
+from ouroboros3d.files import WEIGHTS_NAME
+from ouroboros3d.inference.generate import generate
+from ouroboros3d.inference.model_folder import load_checkpoint
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
+from ouroboros3d.models.denoiser import DenoiserConfig, MultiViewDenoiser
+from ouroboros3d.models.reconstructor import Reconstructor
 
 STEPS = 2
 
@@ -60,8 +60,8 @@ def test_the_folder_has_the_diffusers_layout(saved):
     }
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "Ouroboros3DPipeline"
-    assert index["denoiser"] == ["ouroboros3d.denoiser", "MultiViewDenoiser"]
-    assert index["reconstructor"] == ["ouroboros3d.reconstructor", "Reconstructor"]
+    assert index["denoiser"] == ["ouroboros3d.models.denoiser", "MultiViewDenoiser"]
+    assert index["reconstructor"] == ["ouroboros3d.models.reconstructor", "Reconstructor"]
     assert index["vae"] == [None, None]  # pixel space: no VAE
     assert json.loads((folder / "params.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(params)))
     assert json.loads((folder / "denoiser" / "config.json").read_text())["_class_name"] == "MultiViewDenoiser"

@@ -11,11 +11,11 @@ from conftest import SyntheticDataset, synthetic_batch, tiny_params
 
 from ouroboros3d.build import InitError, build_model, initialise, training_fingerprint
 from ouroboros3d.config import ParamsError, load_params
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 from ouroboros3d.model import recolour, sample, sample_kwargs
-from ouroboros3d.pipeline import Ouroboros3DPipeline
-from ouroboros3d.tracking import read_curves, read_metrics
-from ouroboros3d.training import _lr_factor, train
-from ouroboros3d.validation import reconstruction_scores, validation_scores
+from ouroboros3d.training.loop import _lr_factor, train
+from ouroboros3d.training.tracking import read_curves, read_metrics
+from ouroboros3d.training.validation import reconstruction_scores, validation_scores
 
 
 def _save(model, params, folder):
@@ -188,7 +188,7 @@ def test_params_read_as_yaml_1_2_as_dvc_writes_them(tmp_path):
 
 
 def test_ema_warms_up_and_skips_frozen_parameters():
-    from ouroboros3d.training import EMA
+    from ouroboros3d.training.loop import EMA
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     net[1].requires_grad_(False)

@@ -20,8 +20,8 @@ import yaml
 from conftest import CHILD_ENV, ROOT
 
 from ouroboros3d.build import training_fingerprint
-from ouroboros3d.checkpoint import read_checkpoint_params
 from ouroboros3d.config import load_params
+from ouroboros3d.inference.model_folder import read_checkpoint_params
 
 PARTS = ("denoiser", "reconstructor")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ouroboros3d.cameras import intrinsics, orbit_c2w, plucker_rays, project
-from ouroboros3d.reconstructor import RAW_CHANNELS, Reconstructor, activate_gaussians, splat_rays
-from ouroboros3d.splatting import render
+from ouroboros3d.gaussians.splatting import render
+from ouroboros3d.geometry.cameras import intrinsics, orbit_c2w, plucker_rays, project
+from ouroboros3d.models.reconstructor import RAW_CHANNELS, Reconstructor, activate_gaussians, splat_rays
 
 RADIUS, FOV = 2.2, 39.6
 

@@ -19,7 +19,7 @@ from conftest import CHILD_ENV, SyntheticDataset, tiny_params
 from ouroboros3d import progress
 from ouroboros3d.build import build_model
 from ouroboros3d.errors import UserError
-from ouroboros3d.training import own_checkpoints, train
+from ouroboros3d.training.loop import own_checkpoints, train
 
 
 def _train(tmp_path, params, **kw):

@@ -10,19 +10,19 @@ import trimesh
 import yaml
 from conftest import load_script, tiny_raw
 
-from ouroboros3d.cameras import camera_rays, intrinsics, orbit_c2w, project
-from ouroboros3d.ccm import CCMNormalization, ccm_to_world, depth_to_ccm
 from ouroboros3d.config import params_from_dict
 from ouroboros3d.data import layout
 from ouroboros3d.data.mesh import normalize_to_unit_box
-from ouroboros3d.data.pipeline import (
+from ouroboros3d.data.render import render_views
+from ouroboros3d.data.render_stage import (
     DatasetTooSmallError,
     draw_view_angles,
     merge_shards,
     read_manifest,
     render_dataset,
 )
-from ouroboros3d.data.render import render_views
+from ouroboros3d.geometry.cameras import camera_rays, intrinsics, orbit_c2w, project
+from ouroboros3d.geometry.ccm import CCMNormalization, ccm_to_world, depth_to_ccm
 
 render_script = load_script("render")
 HALF = np.array([0.5, 0.3, 0.2])  # a box already in the unit box: longest side 1, centred
@@ -308,7 +308,7 @@ def test_bad_params_stop_the_render_stage_with_one_error_line(tmp_path, capsys):
 
 
 def test_real_training_objects_are_outside_val_and_eval_and_each_orbit_differs():
-    from ouroboros3d.data.pipeline import base_object_id, plan_split
+    from ouroboros3d.data.render_stage import base_object_id, plan_split
 
     params = params_from_dict(tiny_raw(data={"train": {"max_objects": 3, "real_objects": 2, "real_orbits": 3}}))
     train = plan_split(params, "train", "unused")

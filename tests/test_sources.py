@@ -9,11 +9,10 @@ import torch
 import trimesh
 from PIL import Image
 
-from ouroboros3d.cameras import intrinsics, orbit_c2w
 from ouroboros3d.data import layout
 from ouroboros3d.data.mesh import normalize_to_unit_box
-from ouroboros3d.data.pipeline import ObjectJob, RenderSettings, render_object, select_objects
 from ouroboros3d.data.render import render_views
+from ouroboros3d.data.render_stage import ObjectJob, RenderSettings, render_object, select_objects
 from ouroboros3d.data.sources import (
     LIBERO_PACKAGES,
     FolderSource,
@@ -26,6 +25,7 @@ from ouroboros3d.data.sources import (
     hash_color,
     make_source,
 )
+from ouroboros3d.geometry.cameras import intrinsics, orbit_c2w
 
 SETTINGS = RenderSettings(16, 2.2, 39.6, 16, (0, 2, 4, 6, 8, 10, 12, 15))
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from ouroboros3d.cameras import default_view_layout, intrinsics, orbit_c2w, project
-from ouroboros3d.ccm import depth_to_world
-from ouroboros3d.gaussians import Gaussians
-from ouroboros3d.splatting import project_gaussians, render, render_dense_reference
+from ouroboros3d.gaussians.container import Gaussians
+from ouroboros3d.gaussians.splatting import project_gaussians, render, render_dense_reference
+from ouroboros3d.geometry.cameras import default_view_layout, intrinsics, orbit_c2w, project
+from ouroboros3d.geometry.ccm import depth_to_world
 
 RADIUS, FOV = 2.2, 39.6
 

@@ -1,10 +1,10 @@
-"""Table 2 and Table 3 from evaluation runs' metrics.json (ouroboros3d.tables), on hand-made runs."""
+"""Table 2 and Table 3 from evaluation runs' metrics.json (ouroboros3d.reporting.tables), on hand-made runs."""
 
 from __future__ import annotations
 
 import pytest
 
-from ouroboros3d import tables
+from ouroboros3d.reporting.report import tables
 
 
 def _run(name, *, start=0.0, joint=True, maps=("ccm", "rgb"), variant="main", psnr=20.0, summary=None):

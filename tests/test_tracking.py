@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from ouroboros3d.tracking import RunLog, read_curves, read_metrics
+from ouroboros3d.training.tracking import RunLog, read_curves, read_metrics
 
 
 def _steps(path):

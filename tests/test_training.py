@@ -11,9 +11,8 @@ from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model, training_fingerprint
 from ouroboros3d.errors import UserError
-from ouroboros3d.perceptual import WeightsUnavailable, load_lpips
-from ouroboros3d.tracking import read_curves
-from ouroboros3d.training import (
+from ouroboros3d.evaluation.perceptual import WeightsUnavailable, load_lpips
+from ouroboros3d.training.loop import (
     EMA,
     batch_indices,
     batch_plan,
@@ -23,6 +22,7 @@ from ouroboros3d.training import (
     save_training_state,
     train,
 )
+from ouroboros3d.training.tracking import read_curves
 
 
 @pytest.fixture(autouse=True)

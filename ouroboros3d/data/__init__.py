@@ -4,7 +4,7 @@ Two DVC stages build the data (``dvc.yaml``):
 
 * ``render`` (``experiments/render.py``, :func:`render_dataset`): objects from the split's
   source (:mod:`.sources`) are normalised to the unit box, +Z up (:mod:`.mesh`) and
-  ray-cast from the split's orbit cameras (:mod:`.render`, :mod:`.pipeline`).
+  ray-cast from the split's orbit cameras (:mod:`.render`, :mod:`.render_stage`).
 * ``ccm`` (``experiments/ccm.py``, :func:`write_ccms`): a CCM per object from its depth and
   cameras with the global ``params.ccm`` normalisation, and a figure per split.
 
@@ -34,13 +34,13 @@ On-disk layout (``V`` views, ``H = W = data.resolution``)::
 Object ids are ``<source>-<name>`` (e.g. ``random_urdfs-042``, ``ycb-025_mug``), so ids of
 different sources never collide. :class:`MultiViewDataset` reads a split folder of this
 layout (also one you render yourself; the CCM is computed from depth when absent).
-The figure code (:mod:`.figures`, matplotlib) is not imported here, to keep loaders light.
+The figure code (:mod:`.previews`, matplotlib) is not imported here, to keep loaders light.
 """
 
 from .ccm_stage import object_ccm, write_ccms
 from .dataset import MultiViewDataset
 from .mesh import albedo_lookup, normalize_to_unit_box
-from .pipeline import (
+from .render_stage import (
     SPLITS,
     DatasetTooSmallError,
     RenderSettings,

@@ -2,7 +2,7 @@
 
 For every object rendered ``ok`` (per the manifest, or every complete object folder when
 there is no manifest) this reads ``depth.npy`` and ``cameras.json``, applies
-:func:`ouroboros3d.ccm.depth_to_ccm` with the ONE global normalisation of ``params.ccm``
+:func:`ouroboros3d.geometry.ccm.depth_to_ccm` with the ONE global normalisation of ``params.ccm``
 and writes ``<ccm_dir>/<split>/<object_id>/ccm.npy``: float16, shape (V, 3, H, W), values in
 [0, 1], background = ``ccm.background``. float16 keeps the CCM to within 5e-4, i.e. 6e-4 of
 the unit box at the default scale 0.8, and halves the disk space.
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..ccm import CCMNormalization, depth_to_ccm
+from ..geometry.ccm import CCMNormalization, depth_to_ccm
 from ..errors import UserError, one_line
 from ..progress import bar as progress_bar
 from . import layout
-from .pipeline import SPLITS, DatasetTooSmallError, read_manifest
+from .render_stage import SPLITS, DatasetTooSmallError, read_manifest
 
 __all__ = ["CCM_DTYPE", "object_ccm", "ok_objects", "write_ccms"]
 

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..cameras import plucker_rays
-from ..ccm import CCMNormalization, depth_to_ccm
+from ..geometry.cameras import plucker_rays
+from ..geometry.ccm import CCMNormalization, depth_to_ccm
 from ..errors import one_line
 from . import layout
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError, one_line
-from ..io import TMP_PREFIX, atomic_write_bytes
+from ..files import TMP_PREFIX, atomic_write_bytes
 
 __all__ = [
     "CAMERAS_FILE",

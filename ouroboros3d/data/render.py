@@ -1,6 +1,6 @@
 """CPU ray-cast renderer: exact z-depth, alpha and Lambert-shaded RGB of a mesh.
 
-One ray per pixel, through the pixel centre (``ouroboros3d.cameras.camera_rays``), cast with
+One ray per pixel, through the pixel centre (``ouroboros3d.geometry.cameras.camera_rays``), cast with
 trimesh + embree. The first hit gives the face, the exact float64 hit point and from it the
 z-depth along the camera's optical axis. There is no anti-aliasing on purpose: alpha, depth
 and the CCM derived from depth all agree on which pixels are object (render larger and
@@ -25,7 +25,7 @@ import torch
 import trimesh
 import trimesh.ray
 
-from ..cameras import camera_rays
+from ..geometry.cameras import camera_rays
 from .mesh import albedo_lookup, crease_normals
 
 __all__ = ["DEFAULT_LIGHTS", "LightRig", "RenderedViews", "render_views", "require_embree"]

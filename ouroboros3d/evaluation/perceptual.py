@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["WeightsUnavailable", "backbone_weights_path", "load_lpips"]
 

@@ -2,22 +2,22 @@
 
 The Python API (usable from notebooks)::
 
-    from ouroboros3d.generate import generate, write_outputs
+    from ouroboros3d.inference.generate import generate, write_outputs
 
     result = generate("mug.png", checkpoint="models/main", steps=25, seed=0)
     result.views        # (V, 3, H, W) in [0, 1], view 0 is the input view
-    result.gaussians    # ouroboros3d.gaussians.Gaussians with B = 1
+    result.gaussians    # ouroboros3d.gaussians.container.Gaussians with B = 1
     write_outputs(result, "outputs/mug")
 
-    result = generate("mug.png", mesh=True)   # also meshes the Gaussians (ouroboros3d.meshing)
+    result = generate("mug.png", mesh=True)   # also meshes the Gaussians (ouroboros3d.gaussians.meshing)
     result.mesh         # trimesh.Trimesh with vertex colours; write_outputs adds mesh.glb, mesh.obj
 
-``ouroboros3d generate IMAGE`` (:mod:`ouroboros3d.cli`) is a thin wrapper around these two.
+``ouroboros3d generate IMAGE`` (:mod:`ouroboros3d.inference.cli`) is a thin wrapper around these two.
 
-The parts live in small modules: :mod:`ouroboros3d.checkpoint` (loading a trained model, an
-:class:`~ouroboros3d.pipeline.Ouroboros3DPipeline`),
-:mod:`ouroboros3d.images` (the picture to the model's input view), this module (Algorithm 2
-on it) and :mod:`ouroboros3d.exports` (the files). Their public names are re-exported here.
+The parts live in small modules: :mod:`ouroboros3d.inference.model_folder` (loading a trained model, an
+:class:`~ouroboros3d.inference.pipeline.Ouroboros3DPipeline`),
+:mod:`ouroboros3d.inference.images` (the picture to the model's input view), this module (Algorithm 2
+on it) and :mod:`ouroboros3d.inference.exports` (the files). Their public names are re-exported here.
 
 Every user-facing failure (not an image, nothing but background, a missing or mismatching
 checkpoint, an unavailable device) raises :class:`GenerationError` with a one-line message.
@@ -38,14 +38,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cameras import RenderSettings, object_cameras
-from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_checkpoint_params
-from .config import Params
-from .errors import GenerationError
+from ..config import Params
+from ..errors import GenerationError
+from ..gaussians.container import Gaussians
+from ..geometry.cameras import RenderSettings, object_cameras
+from ..model import Reconstruction, StepRecord, sample, sample_kwargs
 from .exports import write_outputs
-from .gaussians import Gaussians
 from .images import PreparedImage, prepare_image, target_fill
-from .model import Reconstruction, StepRecord, sample, sample_kwargs
+from .model_folder import DEFAULT_CHECKPOINT, load_checkpoint, read_checkpoint_params
 
 if TYPE_CHECKING:
     from .pipeline import Ouroboros3DPipeline
@@ -178,8 +178,8 @@ def generate(
 
     Args:
         image: a path, PIL image or (H, W, 3|4) array; see :func:`prepare_image`.
-        checkpoint: a model folder (what the train stage writes: see :mod:`ouroboros3d.pipeline`)
-            or an :class:`~ouroboros3d.pipeline.Ouroboros3DPipeline` already loaded (to generate
+        checkpoint: a model folder (what the train stage writes: see :mod:`ouroboros3d.inference.pipeline`)
+            or an :class:`~ouroboros3d.inference.pipeline.Ouroboros3DPipeline` already loaded (to generate
             many images without reloading).
         steps: denoising steps (default: the checkpoint's ``sample.steps``, 25 as the paper; at most MAX_STEPS).
         elevation: camera elevation in degrees (default :func:`default_elevation`).
@@ -191,8 +191,8 @@ def generate(
         progress: True shows a tqdm bar over the steps; a callable gets ``sample``'s
             per-step info dicts instead.
         mesh: also mesh the final Gaussians into ``result.mesh``
-            (:func:`ouroboros3d.meshing.gaussians_to_mesh`, seen by cameras at the
-            checkpoint's radius and field of view); raises :class:`ouroboros3d.meshing.MeshError`
+            (:func:`ouroboros3d.gaussians.meshing.gaussians_to_mesh`, seen by cameras at the
+            checkpoint's radius and field of view); raises :class:`ouroboros3d.gaussians.meshing.MeshError`
             when they render no surface.
         mesh_resolution: voxels per side of the mesh's fusion grid, in [4, MAX_MESH_RESOLUTION].
 
@@ -233,7 +233,7 @@ def generate(
     kept: list[StepRecord] = []
     bar = None
     if progress is True:
-        from .progress import bar as progress_bar
+        from ..progress import bar as progress_bar
 
         bar = progress_bar(total=steps, desc="denoising", unit="step", leave=False)
 
@@ -332,7 +332,7 @@ def _check_finite_result(out, checkpoint: str) -> None:
 def surface_mesh(gaussians: Gaussians, params: Params, resolution: int = 96):
     """The Gaussians' surface (``generate(mesh=True)``'s), meshed on the device they were sampled on,
     by cameras at the checkpoint's radius and field of view; raises MeshError where there is none."""
-    from .meshing import gaussians_to_mesh
+    from ..gaussians.meshing import gaussians_to_mesh
 
     camera = params.camera
     return gaussians_to_mesh(gaussians, resolution=resolution, radius=camera.radius, fov_deg=camera.fov_deg)

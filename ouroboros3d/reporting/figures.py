@@ -5,7 +5,7 @@ return. The figures are built on :class:`matplotlib.figure.Figure`, not pyplot, 
 this module leaves a notebook's backend alone and a figure is never kept in pyplot's registry;
 :func:`png_bytes` saves without the matplotlib version in the metadata, so the same results
 give the same PNG bytes (and DVC sees no change). The dataset figure of the `ccm` stage is
-ouroboros3d.data.figures.
+ouroboros3d.data.previews.
 
 * :func:`steps_figure`: per recorded object, one row per run: the reconstruction rendered at
   one non-input view after several denoising steps, and the ground truth;
@@ -27,8 +27,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .errors import one_line
-from .reporting import ResultsError, checked_curves, eval_remedy, read_csv_file
+from ..errors import one_line
+from .report import ResultsError, checked_curves, eval_remedy, read_csv_file
 
 __all__ = ["curves", "curves_figure", "learning_figure", "load_run", "pick_steps", "png_bytes", "steps_figure"]
 
@@ -157,7 +157,8 @@ def curves_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
     return fig
 
 
-# validation scores (ouroboros3d/validation.py) in each run's dvclive log: F's runs have the first two, G's the third
+# validation scores (ouroboros3d/training/validation.py) in each run's dvclive log:
+# F's runs have the first two, G's the third
 LEARNING_CURVES = {
     "mv_psnr": ("o-", "sampled views (no G)"),
     "x0_psnr": ("s-", "1-step: D(σ_max)"),

@@ -21,10 +21,10 @@ failure is a one-line :class:`~ouroboros3d.errors.GenerationError`::
 
     pipe = Ouroboros3DPipeline.from_pretrained("models/main")
     pipe.model, pipe.params            # the Ouroboros3D (eval mode) and its Params
-    result = ouroboros3d.generate.generate("mug.png", pipe, steps=25, seed=0)
+    result = ouroboros3d.inference.generate.generate("mug.png", pipe, steps=25, seed=0)
     pipe.save_pretrained("models/copy")
 
-(Image-to-3D is :func:`ouroboros3d.generate.generate`, not the pipeline's ``__call__``: this
+(Image-to-3D is :func:`ouroboros3d.inference.generate.generate`, not the pipeline's ``__call__``: this
 module, which the train stage imports, stays clear of the generation code.)
 """
 
@@ -39,16 +39,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import diffusers
 from diffusers import DiffusionPipeline
 
-from .build import assemble_model, denoiser_config, reconstructor_kwargs
-from .checkpoint import CARD_FILE, HINT, INDEX_FILE, PARAMS_FILE, check_device, read_checkpoint_params, read_json
-from .config import Params
-from .denoiser import MultiViewDenoiser
-from .errors import GenerationError, one_line
-from .io import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, check_finite
-from .reconstructor import Reconstructor, resolve_config
+from ..build import assemble_model, denoiser_config, reconstructor_kwargs
+from ..config import Params
+from ..errors import GenerationError, one_line
+from ..files import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, check_finite
+from ..models.denoiser import MultiViewDenoiser
+from ..models.reconstructor import Reconstructor, resolve_config
+from .model_folder import CARD_FILE, HINT, INDEX_FILE, PARAMS_FILE, check_device, read_checkpoint_params, read_json
 
 if TYPE_CHECKING:
-    from .model import Ouroboros3D
+    from ..model import Ouroboros3D
 
 __all__ = ["COMPONENTS", "Ouroboros3DPipeline", "model_card"]
 
@@ -61,7 +61,7 @@ class Ouroboros3DPipeline(DiffusionPipeline):
     None in pixel space) and the ``params`` they were trained with.
 
     ``model`` is the :class:`~ouroboros3d.model.Ouroboros3D` of these components (what
-    sampling, evaluation and :func:`ouroboros3d.generate.generate` run; give ``generate`` the
+    sampling, evaluation and :func:`ouroboros3d.inference.generate.generate` run; give ``generate`` the
     pipeline to generate many images with one load).
     """
 
@@ -77,7 +77,7 @@ class Ouroboros3DPipeline(DiffusionPipeline):
             raise ValueError(
                 f"model.latent is {params.model.latent!r}: " + ("no VAE" if vae is None else "a VAE given")
             )
-        from .autoencoder import PixelAutoencoder, VAEAutoencoder
+        from ..models.autoencoder import PixelAutoencoder, VAEAutoencoder
 
         self.register_modules(denoiser=denoiser, reconstructor=reconstructor, vae=vae)
         self.params = params
@@ -150,7 +150,7 @@ class Ouroboros3DPipeline(DiffusionPipeline):
 
 def _check_frozen_finite(folder: Path, parts: dict[str, Any], vae) -> None:
     """The parts loaded from elsewhere (SVD's VAE, the CLIP image encoder) hold finite weights too;
-    the saved weights were checked as they were read (:meth:`~ouroboros3d.io.PretrainedMixin.from_pretrained`)."""
+    the saved weights were checked as they were read (:meth:`~ouroboros3d.files.PretrainedMixin.from_pretrained`)."""
     frozen = [
         (f"{name}.{sub} (loaded from {path})", parts[name].get_submodule(sub))
         for name in parts
@@ -216,7 +216,7 @@ def _load_vae(params: Params):
     """SVD's VAE (frozen, so referenced rather than saved) from ``model.vae_path``; None in pixel space."""
     if params.model.latent == "pixel":
         return None
-    from .autoencoder import VAEAutoencoder
+    from ..models.autoencoder import VAEAutoencoder
 
     return VAEAutoencoder.from_folder(params.model.vae_path).vae
 
@@ -364,8 +364,8 @@ def model_card(pipe: Ouroboros3DPipeline, training: Mapping[str, Any] | None = N
         "## Use",
         "",
         "```python",
-        "from ouroboros3d.generate import generate",
-        "from ouroboros3d.pipeline import Ouroboros3DPipeline",
+        "from ouroboros3d.inference.generate import generate",
+        "from ouroboros3d.inference.pipeline import Ouroboros3DPipeline",
         "",
         'pipe = Ouroboros3DPipeline.from_pretrained("path/to/this/folder")',
         f'result = generate("my_object.png", pipe, steps={p.sample.steps}, seed=0)  # result.views, result.gaussians',

@@ -1,9 +1,9 @@
-"""The ``ouroboros3d`` command (installed by ``pip install -e .``; also ``python -m ouroboros3d.cli``).
+"""The ``ouroboros3d`` command (installed by ``pip install -e .``; also ``python -m ouroboros3d.inference.cli``).
 
 Subcommands:
 
 * ``generate IMAGE``: image-to-3D for your own picture, written to ``outputs/<image stem>/``
-  (see :mod:`ouroboros3d.generate`). ``generate FOLDER|GLOB|IMAGE...`` does every PNG/JPEG
+  (see :mod:`ouroboros3d.inference.generate`). ``generate FOLDER|GLOB|IMAGE...`` does every PNG/JPEG
   image named, loading the model once, into ``outputs/<image stem>/`` each.
 
 Exit status: 0 every image done (or skipped by ``--skip-existing``); 1 some images failed,
@@ -24,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import EXIT_USAGE, ArgumentParser, GenerationError, UserError, expected_errors, guard, one_line
+from ..errors import EXIT_USAGE, ArgumentParser, GenerationError, UserError, expected_errors, guard, one_line
 from .generate import MAX_MESH_RESOLUTION, MAX_STEPS, MIN_MESH_RESOLUTION, check_seed
 
 __all__ = ["EXIT_SOME_FAILED", "build_parser", "find_images", "is_finished", "main"]
@@ -195,7 +195,7 @@ def _output_folders(images: list[Path], out: Path | None, single: bool) -> dict[
 
 
 def is_finished(out_dir: Path, mesh: bool = False) -> bool:
-    """Whether ``out_dir`` holds one run's finished, intact outputs (:func:`ouroboros3d.exports.is_complete`):
+    """Whether ``out_dir`` holds one run's finished, intact outputs (:func:`ouroboros3d.inference.exports.is_complete`):
     its generation.json (written last) and every file that lists, with the listed checksums, plus the
     mesh files when ``mesh`` is asked for. A leftover of an interrupted run never counts."""
     from .exports import is_complete
@@ -243,7 +243,7 @@ def _generate_one(
     args: argparse.Namespace, checkpoint, load_seconds: float, image: Path, out_dir: Path, progress, expect
 ):
     """Generate one image's outputs (and mesh, with --mesh) into ``out_dir``, which was in state ``expect``
-    when the command began (:func:`ouroboros3d.exports.folder_state`: another run writing it since is refused)."""
+    when the command began (:func:`.exports.folder_state`: another run writing it since is refused)."""
     from .generate import generate, write_outputs
 
     result = generate(

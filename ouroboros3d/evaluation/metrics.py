@@ -15,7 +15,7 @@ per-image value; a run's value is the mean over objects (see *Summaries*).
 * PSNR: torchmetrics, data range 1, per image.
 * SSIM: torchmetrics, Gaussian window 11 with σ = 1.5, data range 1, per image (channel mean).
 * LPIPS: the ``lpips`` package (v0.1, AlexNet, inputs scaled to [-1, 1]) through
-  :func:`ouroboros3d.perceptual.load_lpips`. Without its pretrained weights the metric is
+  :func:`ouroboros3d.evaluation.perceptual.load_lpips`. Without its pretrained weights the metric is
   :class:`Unavailable` with the reason, never a number from a random network.
 * FID: clean-fid's ``clean`` mode (the InceptionV3 torchscript network, PIL bicubic resize to
   299²) between the SET of all non-input predicted views of all objects and the set of the
@@ -31,8 +31,8 @@ done.
 
 * Reconstruction points R: the final Gaussians' depth rendered at ALL V views (the input view
   included: geometry is one 3D object) at the data resolution
-  (:func:`ouroboros3d.splatting.render`: alpha-normalised expected z-depth where the accumulated
-  alpha exceeds 0.5), back-projected with :func:`ouroboros3d.ccm.depth_to_world`: every
+  (:func:`ouroboros3d.gaussians.splatting.render`: alpha-normalised expected z-depth where the accumulated
+  alpha exceeds 0.5), back-projected with :func:`ouroboros3d.geometry.ccm.depth_to_world`: every
   foreground pixel of every view, no downsampling (SyncDreamer's depth-map points).
 * Ground-truth points G: ``gt_points`` (default 50,000) points sampled uniformly by area on the
   ground-truth mesh, seeded from (seed, object id), after exactly the renderer's normalisation
@@ -47,7 +47,7 @@ done.
 * An empty reconstruction (no pixel with alpha > 0.5) has CD = NaN (left out of the mean; the
   summary counts it) and F = 0.
 * Mesh geometry (``mesh_*``, ``volume_iou``; runs of Table 2, not Table 3's windows): the final
-  Gaussians meshed as ``generate --mesh`` meshes them (:func:`ouroboros3d.meshing.gaussians_to_mesh`:
+  Gaussians meshed as ``generate --mesh`` meshes them (:func:`ouroboros3d.gaussians.meshing.gaussians_to_mesh`:
   depth from a sphere of cameras fused into a TSDF, marching cubes, largest piece), then
   ``mesh_cd`` and ``mesh_fscore@t`` from ``gt_points`` points sampled on that mesh (seeded as
   G's) against G, as above; and ``volume_iou``, SyncDreamer's volume IoU: both meshes
@@ -263,7 +263,7 @@ def fscore_key(threshold: float) -> str:
 
 def depth_points(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, mask: torch.Tensor | None = None):
     """World points (N, 3) float64 numpy of one object's depth maps (V, H, W) where ``mask`` (default depth > 0)."""
-    from .ccm import depth_to_world
+    from ..geometry.ccm import depth_to_world
 
     if mask is None:
         mask = depth > 0
@@ -277,7 +277,7 @@ def render_depth_points(recon, K: torch.Tensor, c2w: torch.Tensor, height: int, 
     ``recon`` is a :class:`ouroboros3d.model.Reconstruction` (or anything with ``gaussians``);
     depth is non-zero exactly where the accumulated alpha exceeds 0.5.
     """
-    from .splatting import render
+    from ..gaussians.splatting import render
 
     with torch.no_grad():
         out = render(recon.gaussians, K, c2w, width, height)
@@ -294,15 +294,15 @@ def sample_surface_points(mesh, count: int, seed: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _source_objects(source: str, folder: str | None) -> dict:
-    from .config import DataParams
-    from .data.sources import make_source
+    from ..config import DataParams
+    from ..data.sources import make_source
 
     return {o.object_id: o for o in make_source(source, DataParams(folder=folder)).objects()}
 
 
 def ground_truth_mesh(object_id: str, source: str, folder: str | None = None):
     """The object's mesh exactly as the renderer placed it: the source's loader, then the unit-box normalisation."""
-    from .data.mesh import normalize_to_unit_box
+    from ..data.mesh import normalize_to_unit_box
 
     objects = _source_objects(source, folder)
     if object_id not in objects:

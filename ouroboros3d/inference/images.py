@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import Params
-from .errors import GenerationError, one_line
+from ..config import Params
+from ..errors import GenerationError, one_line
 
 __all__ = ["PreparedImage", "prepare_image", "target_fill"]
 

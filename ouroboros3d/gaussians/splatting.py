@@ -25,10 +25,10 @@ so both backends agree):
    the Gaussian that would bring its transmittance to ``1e-4`` or below. (The clamp is
    gsplat's 0.999, not the INRIA rasteriser's 0.99, so that the two backends agree.)
 
-Outputs follow :mod:`ouroboros3d.cameras`: OpenCV cameras, pixel centres at ``(j + 0.5, i + 0.5)``,
+Outputs follow :mod:`ouroboros3d.geometry.cameras`: OpenCV cameras, pixel centres at ``(j + 0.5, i + 0.5)``,
 z-depth. ``depth`` is the alpha-normalised expected z, ``sum w_i z_i / sum w_i``, where the
 accumulated alpha exceeds a threshold and exactly 0 elsewhere, the background convention of
-the dataset's depth maps and of :func:`ouroboros3d.ccm.depth_to_ccm`. It averages the
+the dataset's depth maps and of :func:`ouroboros3d.geometry.ccm.depth_to_ccm`. It averages the
 Gaussians' *centre* depths, so on an opaque surface seen obliquely the front-most Gaussians
 covering a pixel dominate and the depth is biased towards the camera by up to about one
 pixel footprint (exact on a surface facing the camera; the bias halves when the resolution
@@ -51,7 +51,7 @@ from typing import Literal
 
 import torch
 
-from .gaussians import Gaussians
+from .container import Gaussians
 
 __all__ = ["RenderOutput", "render", "render_dense_reference"]
 

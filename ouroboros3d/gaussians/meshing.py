@@ -3,7 +3,7 @@
 Gaussians have no surface of their own, so the mesh is the surface that the *renderer* shows:
 
 1. render the Gaussians' z-depth, alpha and colour from ``num_cameras`` cameras spread over
-   a sphere around the object (:func:`ouroboros3d.splatting.render`);
+   a sphere around the object (:func:`ouroboros3d.gaussians.splatting.render`);
 2. fuse the depth maps into a truncated signed distance field (TSDF) on a ``resolution``³
    grid over the cube ``[-bound, bound]³``, and the colours into a colour volume;
 3. extract the zero level set with marching cubes (scikit-image) and colour its vertices
@@ -19,7 +19,7 @@ footprint of the Gaussians' own surface, plus half a voxel from marching cubes. 
 Gaussians are semi-transparent, a pixel's depth mixes front and back surfaces and the fusion
 carves into the object: the mesh shows what the renderer shows, no more.
 
-    from ouroboros3d.meshing import gaussians_to_mesh, write_mesh
+    from ouroboros3d.gaussians.meshing import gaussians_to_mesh, write_mesh
 
     mesh = gaussians_to_mesh(result.gaussians)   # trimesh.Trimesh with vertex colours
     write_mesh(mesh, "outputs/mug")              # mesh.glb and mesh.obj
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cameras
-from .errors import UserError
-from .gaussians import Gaussians
-from .io import atomic_write_bytes
+from ..errors import UserError
+from ..files import atomic_write_bytes
+from ..geometry import cameras
+from .container import Gaussians
 from .splatting import render
 
 __all__ = [

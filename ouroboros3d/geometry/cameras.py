@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .config import Params
+    from ..config import Params
 
 __all__ = [
     "WORLD_UP",
@@ -152,7 +152,7 @@ def default_view_layout(
 class RenderSettings:
     """The camera rig of an object's views: everything besides the object that determines its renders.
 
-    It lives here, not with the renderer, so that inference (``ouroboros3d.generate``) builds
+    It lives here, not with the renderer, so that inference (``ouroboros3d.inference.generate``) builds
     the dataset's cameras without importing the renderer, trimesh or pandas.
     """
 

@@ -1,10 +1,10 @@
-"""A trained model on disk for inference: the folder :class:`~ouroboros3d.pipeline.Ouroboros3DPipeline` saves.
+"""A trained model on disk for inference: the folder :class:`~ouroboros3d.inference.pipeline.Ouroboros3DPipeline` saves.
 
-What the train stage writes to ``models/<variant>/`` (layout in :mod:`ouroboros3d.pipeline`):
+What the train stage writes to ``models/<variant>/`` (layout in :mod:`ouroboros3d.inference.pipeline`):
 ``model_index.json``, ``params.json``, the model card ``README.md`` and one diffusers
 subfolder per component. :func:`read_checkpoint_params` reads the params alone (cheap: the
 CLI checks a checkpoint before loading it); :func:`load_checkpoint` is
-:meth:`Ouroboros3DPipeline.from_pretrained <ouroboros3d.pipeline.Ouroboros3DPipeline.from_pretrained>`.
+:meth:`Ouroboros3DPipeline.from_pretrained <ouroboros3d.inference.pipeline.Ouroboros3DPipeline.from_pretrained>`.
 Every failure (a missing folder or file, params of another version, bad JSON, weights that
 do not fit, an unavailable device) is a one-line :class:`~ouroboros3d.errors.GenerationError`.
 """
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import Params, ParamsError, params_from_resolved
-from .errors import GenerationError, one_line
+from ..config import Params, ParamsError, params_from_resolved
+from ..errors import GenerationError, one_line
 
 if TYPE_CHECKING:
     from .pipeline import Ouroboros3DPipeline
@@ -95,7 +95,7 @@ def check_device(device: str | torch.device) -> str:
 
 def load_checkpoint(checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu") -> Ouroboros3DPipeline:
     """The model folder ``checkpoint`` loaded on ``device`` in eval mode:
-    :meth:`Ouroboros3DPipeline.from_pretrained <ouroboros3d.pipeline.Ouroboros3DPipeline.from_pretrained>`.
+    :meth:`Ouroboros3DPipeline.from_pretrained <ouroboros3d.inference.pipeline.Ouroboros3DPipeline.from_pretrained>`.
 
     The result's ``model`` is the :class:`~ouroboros3d.model.Ouroboros3D` and ``params`` its params.
     """

@@ -13,7 +13,7 @@ The tables are here, not in the stage, so their rules can be tested without a pi
   baselines (the input view copied to every view, a blank white image) and, for geometry, the
   oracle (the ground-truth depth maps' points), all scored by the same metric code;
 * every cell is the mean ± half-width of the 95% t-interval over eval objects (the intervals
-  metrics.json holds, from ouroboros3d.stats), beside the paper's number (GSO, 512², facts.md).
+  metrics.json holds, from ouroboros3d.evaluation.stats), beside the paper's number (GSO, 512², facts.md).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import Params
-from .reporting import ResultsError, eval_remedy, read_json_file
+from ..config import Params
+from .report import ResultsError, eval_remedy, read_json_file
 
 __all__ = [
     "PAPER_TABLE2",
@@ -204,7 +204,7 @@ def _add_mv_and_geometry(shown_row: dict, report: dict | None, fkey: str | None)
     shown_row["CD"] = cell(report, "cd")
     shown_row[fkey or "F-score"] = cell(report, fkey) if fkey else "–"
     numbers |= _numbers(report, "cd") | (_numbers(report, fkey) if fkey else {})
-    # the extracted mesh's geometry (Table 2's runs; protocol in ouroboros3d/metrics.py)
+    # the extracted mesh's geometry (Table 2's runs; protocol in ouroboros3d/evaluation/metrics.py)
     mesh = {"mesh_cd": "mesh CD", "volume_iou": "vol. IoU"} | ({f"mesh_{fkey}": f"mesh {fkey}"} if fkey else {})
     for column, title in mesh.items():
         shown_row[title] = cell(report, column)
@@ -304,7 +304,7 @@ def protocol_notes(runs: dict[str, dict]) -> str:
         "3D = renders of the final Gaussians at the eval cameras; MV = the generated views; "
         "Δ = MV − 3D per object (signed; the paper's Δ column is as published). "
         f"CD: Chamfer distance in unit-box units; F-score thresholds available: {thresholds} "
-        "(ouroboros3d/metrics.py has the protocol). Trivial rows: the image metrics of the "
+        "(ouroboros3d/evaluation/metrics.py has the protocol). Trivial rows: the image metrics of the "
         "trivial prediction are in the 3D columns. Paper: GSO, 100 objects, 512², a fine-tuned SVD.\n" + unavailable
     )
 

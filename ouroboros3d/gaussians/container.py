@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 __all__ = ["SH_C0", "Gaussians", "load_ply", "rgb_to_sh_dc", "save_ply", "sh_dc_to_rgb"]
 

@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import Params
+from ..data import layout
+from ..data.sources import SourceUnavailableError
+from ..files import atomic_write_bytes, atomic_write_text
+from ..gaussians.meshing import MeshError, gaussians_to_mesh
+from ..model import sample
+from ..progress import bar as progress_bar
 from . import metrics
-from .config import Params
-from .data import layout
-from .data.sources import SourceUnavailableError
-from .io import atomic_write_bytes, atomic_write_text
-from .meshing import MeshError, gaussians_to_mesh
-from .model import sample
-from .progress import bar as progress_bar
 
 __all__ = [
     "IMAGE_METRICS",
@@ -82,7 +82,7 @@ class Evaluator:
         return metrics.sample_surface_points(mesh, self.params.evaluation.gt_points, seed)
 
     def mesh_geometry(self, gaussians, object_id: str, gt: np.ndarray) -> dict:
-        """Mesh Chamfer/F-score and volume IoU of one object's Gaussians (protocol: ouroboros3d.metrics)."""
+        """Mesh Chamfer/F-score and volume IoU of one object's Gaussians (protocol: ouroboros3d.evaluation.metrics)."""
         ev = self.params.evaluation
         try:
             mesh = gaussians_to_mesh(gaussians, resolution=64, num_cameras=16, image_size=64)
@@ -234,7 +234,7 @@ def run_name(variant: str, feedback_start: float | None = None) -> str:
 
 def load_metric_networks(device) -> tuple:
     """``(lpips, inception)`` on ``device``: LPIPS (alex) and the FID Inception, each a
-    :class:`~ouroboros3d.metrics.Unavailable` when its weights are not on this machine."""
+    :class:`~ouroboros3d.evaluation.metrics.Unavailable` when its weights are not on this machine."""
     lpips = metrics.load_lpips_metric()
     if isinstance(lpips, torch.nn.Module):
         lpips = lpips.to(device)
@@ -251,7 +251,7 @@ def evaluate_objects(
     the per-object rows and the wall time in seconds.
 
     The global torch generator is seeded with ``seed`` first (each object's noise has its own
-    seed, see :func:`~ouroboros3d.metrics.object_seed`); ``progress`` shows a bar on stderr.
+    seed, see :func:`~ouroboros3d.evaluation.metrics.object_seed`); ``progress`` shows a bar on stderr.
     """
     torch.manual_seed(seed)
     t0 = time.perf_counter()

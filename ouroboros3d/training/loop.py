@@ -34,11 +34,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import TrainSettings
-from .errors import UserError
-from .io import check_state, save_tensors
-from .model import Draws, LossWeights, Ouroboros3D, recolour
-from .progress import bar as progress_bar
+from ..config import TrainSettings
+from ..errors import UserError
+from ..files import check_state, save_tensors
+from ..model import Draws, LossWeights, Ouroboros3D, recolour
+from ..progress import bar as progress_bar
 from .tracking import RunLog
 
 __all__ = [
@@ -337,7 +337,7 @@ def train(
     that many steps of this call (tests use it to simulate a kill). ``validate(model)``, if
     given, scores the EMA weights at the end and every ``validate_every`` steps (0: only at the end).
     The losses and the validation scores (a learning curve) go to the dvclive directory ``log_dir``
-    (:class:`ouroboros3d.tracking.RunLog`), with ``log_params`` as its params. Returns a summary.
+    (:class:`ouroboros3d.training.tracking.RunLog`), with ``log_params`` as its params. Returns a summary.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 

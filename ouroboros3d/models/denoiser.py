@@ -13,7 +13,7 @@ layers are the cross-view attention. Around it we add, as the paper's implementa
   (:class:`CameraEmbedding`), added to the hidden states before every down, mid and up
   block, pooled to the block's resolution and projected to its channels. The projections
   are zero-initialised, so adding cameras to a pretrained SVD starts neutral;
-* 3D feedback (supplementary eq. 10-12): one :class:`~ouroboros3d.feedback.FeedbackNetwork`
+* 3D feedback (supplementary eq. 10-12): one :class:`~ouroboros3d.models.feedback.FeedbackNetwork`
   per fed-back map ("ccm" = ``F^0``, "rgb" = ``F^1``); their per-scale features are summed
   and added to the encoder feature ``F_enc^i`` of down block i, after the block's
   resnets/attentions and before its downsampler (so both the skip connection and the next
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin, UNetSpatioTemporalConditionModel
 from torch import nn
 
+from ..files import PretrainedMixin
 from .feedback import FeedbackNetwork
-from .io import PretrainedMixin
 
 __all__ = [
     "FEEDBACK_MAPS",

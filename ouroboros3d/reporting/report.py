@@ -4,7 +4,7 @@ The report's prose lives in paper/report_template.md; every number, table and ve
 comes from ``results/`` through the placeholders below, so the report is regenerated with the
 results and never edited by hand (experiments/report.py, the DVC stage `report`, only reads
 the template and writes the report). Verdicts are computed from paired per-object differences
-and their 95% t-intervals (ouroboros3d.stats, the interval the tables use too): "better" or
+and their 95% t-intervals (ouroboros3d.evaluation.stats, the interval the tables use too): "better" or
 "worse" only when the interval excludes zero.
 
   {{setup}}           data, model and training sizes of this run
@@ -18,8 +18,8 @@ and their 95% t-intervals (ouroboros3d.stats, the interval the tables use too): 
 
 A placeholder with no filler is an error, not an empty section.
 
-Every results file is read through the checked readers below (shared with ouroboros3d.tables and
-ouroboros3d.figures): a file that is damaged, not UTF-8, or lacks what its stage writes stops the
+Every results file is read through the checked readers below (shared with ouroboros3d.reporting.tables and
+ouroboros3d.reporting.figures): a file that is damaged, not UTF-8, or lacks what its stage writes stops the
 stage with one line naming the file and the stage that re-creates it (:class:`ResultsError`).
 """
 
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import Params
-from .errors import UserError, one_line
-from .stats import mean_ci
-from .tracking import read_curves
+from ..config import Params
+from ..errors import UserError, one_line
+from ..evaluation.stats import mean_ci
+from ..training.tracking import read_curves
 
 __all__ = [
     "PlaceholderError",
@@ -131,7 +131,7 @@ def read_csv_file(
 
 
 def checked_curves(run_dir: Path, kind: str = "val") -> pd.DataFrame:
-    """:func:`ouroboros3d.tracking.read_curves` of a training run's log, each TSV checked first
+    """:func:`ouroboros3d.training.tracking.read_curves` of a training run's log, each TSV checked first
     (readable, a ``step`` column and one numeric metric column)."""
     folder = Path(run_dir) / "plots" / "metrics" / kind
     for path in sorted(folder.rglob("*.tsv")) if folder.is_dir() else ():

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from . import cameras
-from .gaussians import Gaussians
+from ..geometry import cameras
+from ..gaussians.container import Gaussians
 
 __all__ = ["shell_gaussians", "synthetic_batch"]
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .model import Ouroboros3D, sample
+from ..model import Ouroboros3D, sample
 
 __all__ = ["psnr", "reconstruction_scores", "stack_items", "validation_scores"]
 

@@ -1,6 +1,6 @@
 """The files of a generation: views, grid, Gaussians (.ply), turntable, step strip, mesh, record.
 
-:func:`write_outputs` writes a :class:`~ouroboros3d.generate.GenerationResult` to a folder, whole:
+:func:`write_outputs` writes a :class:`~ouroboros3d.inference.generate.GenerationResult` to a folder, whole:
 into a temporary folder beside it, ``generation.json`` (with every file's SHA-256) last, then
 renamed into place in one step. :func:`is_complete` tells a finished, intact folder from the rest.
 """
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import cameras
-from .errors import GenerationError, one_line
-from .gaussians import save_ply
-from .io import TMP_PREFIX, atomic_write_bytes, atomic_write_text, file_sha256
-from .splatting import render
+from ..errors import GenerationError, one_line
+from ..files import TMP_PREFIX, atomic_write_bytes, atomic_write_text, file_sha256
+from ..gaussians.container import save_ply
+from ..gaussians.splatting import render
+from ..geometry import cameras
 
 if TYPE_CHECKING:
     from .generate import GenerationResult
@@ -261,7 +261,7 @@ def _write_files(
     timings["step_strip"] = time.perf_counter() - t0
 
     if result.mesh is not None:
-        from .meshing import write_mesh
+        from ..gaussians.meshing import write_mesh
 
         t0 = time.perf_counter()
         files |= write_mesh(result.mesh, out_dir)

@@ -77,8 +77,8 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from torch import nn
 
-from .gaussians import Gaussians
-from .io import PretrainedMixin
+from ..files import PretrainedMixin
+from ..gaussians.container import Gaussians
 
 __all__ = ["CLEAN_SIGMA", "RAW_CHANNELS", "Reconstructor", "activate_gaussians", "resolve_config", "splat_rays"]
 
@@ -408,7 +408,7 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
         Args:
             images: (B, Vin, 3, H, W) RGB in [0, 1] (H = W = image_size).
             plucker: (B, Vin, 6, H, W) Plücker rays of the views (direction, moment), as made by
-                :func:`ouroboros3d.cameras.plucker_rays`.
+                :func:`ouroboros3d.geometry.cameras.plucker_rays`.
             sigma: (B,) or a float, the EDM noise level of the views; None for clean views.
 
         Returns:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cameras import RenderSettings, object_cameras
+from ..geometry.cameras import RenderSettings, object_cameras
 from ..config import Params
 from ..errors import UserError
 from . import layout
