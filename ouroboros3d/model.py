@@ -178,7 +178,7 @@ class Ouroboros3D(nn.Module):
             inputs = inputs.unflatten(0, (images.shape[0], len(idx)))
         rays = plucker_rays(_scale_intrinsics(K[:, idx], size / height), c2w[:, idx], size, size)
         gaussians = self.reconstructor(inputs, rays, sigma)
-        out = render(gaussians, K, c2w, width, height)
+        out = render(gaussians, K, c2w, height, width)
         ccm = depth_to_ccm(out.depth, K, c2w, self.ccm_norm)
         return Reconstruction(gaussians, out.rgb, out.alpha, ccm)
 

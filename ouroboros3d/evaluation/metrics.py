@@ -280,7 +280,7 @@ def render_depth_points(recon, K: torch.Tensor, c2w: torch.Tensor, height: int, 
     from ..gaussians.splatting import render
 
     with torch.no_grad():
-        out = render(recon.gaussians, K, c2w, width, height)
+        out = render(recon.gaussians, K, c2w, height, width)
     return [depth_points(out.depth[i], K[i], c2w[i]) for i in range(out.depth.shape[0])]
 
 

@@ -143,8 +143,8 @@ def project_gaussians(
     gaussians: Gaussians,
     K: torch.Tensor,
     c2w: torch.Tensor,
-    width: int,
     height: int,
+    width: int,
     near_plane: float = NEAR_PLANE,
     far_plane: float = FAR_PLANE,
 ) -> ProjectedGaussians:
@@ -243,7 +243,7 @@ def _segment_transmittance(alpha: torch.Tensor, segment_first: torch.Tensor) -> 
     return torch.exp(before - before[segment_first]).to(alpha.dtype)
 
 
-def _composite_sparse(p: ProjectedGaussians, width: int, height: int) -> tuple[torch.Tensor, ...]:
+def _composite_sparse(p: ProjectedGaussians, height: int, width: int) -> tuple[torch.Tensor, ...]:
     """Front-to-back compositing of the pairs (pixel, Gaussian) inside each Gaussian's box.
 
     Returns per image I: colour sum (I, H, W, 3), alpha (I, H, W), expected depth (I, H, W).
@@ -310,7 +310,7 @@ def _composite_sparse(p: ProjectedGaussians, width: int, height: int) -> tuple[t
     return sums[..., :3], acc_alpha, sums[..., 4] / acc_alpha.clamp_min(1e-10)
 
 
-def _composite_dense(p: ProjectedGaussians, width: int, height: int) -> tuple[torch.Tensor, ...]:
+def _composite_dense(p: ProjectedGaussians, height: int, width: int) -> tuple[torch.Tensor, ...]:
     """Every Gaussian in the frustum at every pixel, sorted by depth; same outputs as the sparse path."""
     num_images = p.depths.shape[0]
     order = torch.argsort(torch.where(p.in_frustum, p.depths, torch.inf).detach(), dim=-1, stable=True)
@@ -341,7 +341,7 @@ def _composite_dense(p: ProjectedGaussians, width: int, height: int) -> tuple[to
 # Compositing (gsplat CUDA)
 # ---------------------------------------------------------------------------------------------
 def _render_gsplat(
-    gaussians: Gaussians, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int, near: float, far: float
+    gaussians: Gaussians, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int, near: float, far: float
 ) -> tuple[torch.Tensor, ...]:
     from gsplat import rasterization
 
@@ -399,8 +399,8 @@ def render(
     gaussians: Gaussians,
     K: torch.Tensor,
     c2w: torch.Tensor,
-    width: int,
     height: int,
+    width: int,
     background: float | Sequence[float] | torch.Tensor = (1.0, 1.0, 1.0),
     backend: Backend = "auto",
     depth_alpha_threshold: float = 0.5,
@@ -413,7 +413,7 @@ def render(
         gaussians: B objects of N Gaussians.
         K: (B, V, 3, 3) pixel intrinsics, or (V, 3, 3) shared by all objects.
         c2w: (B, V, 4, 4) rigid camera-to-world (OpenCV camera), or (V, 4, 4).
-        width, height: image size in pixels.
+        height, width: image size in pixels (rows, columns: the order of every image shape here).
         background: RGB in [0, 1]: a float, 3 floats, or a tensor broadcastable to (B, V, 3).
         backend: "cuda" (gsplat, CUDA tensors only), "torch" (any device), or "auto": cuda
             when the Gaussians are on a CUDA device, else torch.
@@ -432,8 +432,8 @@ def render(
             gaussians.to(dtype),
             K.to(dtype),
             c2w.to(dtype),
-            width,
             height,
+            width,
             background,
             backend,
             depth_alpha_threshold,
@@ -442,7 +442,7 @@ def render(
         )
 
 
-def _render(gaussians, K, c2w, width, height, background, backend, depth_alpha_threshold, near_plane, far_plane):
+def _render(gaussians, K, c2w, height, width, background, backend, depth_alpha_threshold, near_plane, far_plane):
     K, c2w = _batched_cameras(gaussians, K, c2w)
     b, v = K.shape[:2]
     on_cuda = gaussians.device.type == "cuda"
@@ -451,10 +451,10 @@ def _render(gaussians, K, c2w, width, height, background, backend, depth_alpha_t
     if backend == "cuda":
         if not on_cuda:
             raise ValueError(f"backend 'cuda' needs the Gaussians on a CUDA device, they are on {gaussians.device}")
-        color, alpha, expected_depth = _render_gsplat(gaussians, K, c2w, width, height, near_plane, far_plane)
+        color, alpha, expected_depth = _render_gsplat(gaussians, K, c2w, height, width, near_plane, far_plane)
     elif backend == "torch":
-        projected = project_gaussians(gaussians, K, c2w, width, height, near_plane, far_plane)
-        color, alpha, expected_depth = _composite_sparse(projected, width, height)
+        projected = project_gaussians(gaussians, K, c2w, height, width, near_plane, far_plane)
+        color, alpha, expected_depth = _composite_sparse(projected, height, width)
     else:
         raise ValueError(f"backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
     return _finish(color, alpha, expected_depth, background, b, v, depth_alpha_threshold)
@@ -464,8 +464,8 @@ def render_dense_reference(
     gaussians: Gaussians,
     K: torch.Tensor,
     c2w: torch.Tensor,
-    width: int,
     height: int,
+    width: int,
     background: float | Sequence[float] | torch.Tensor = (1.0, 1.0, 1.0),
     depth_alpha_threshold: float = 0.5,
     near_plane: float = NEAR_PLANE,
@@ -476,6 +476,6 @@ def render_dense_reference(
     Memory grows as B*V*N*H*W: for tests on small cases only.
     """
     K, c2w = _batched_cameras(gaussians, K, c2w)
-    projected = project_gaussians(gaussians, K, c2w, width, height, near_plane, far_plane)
-    color, alpha, expected_depth = _composite_dense(projected, width, height)
+    projected = project_gaussians(gaussians, K, c2w, height, width, near_plane, far_plane)
+    color, alpha, expected_depth = _composite_dense(projected, height, width)
     return _finish(color, alpha, expected_depth, background, *K.shape[:2], depth_alpha_threshold)
