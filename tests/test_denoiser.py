@@ -8,13 +8,8 @@ import torch
 
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
 from ouroboros3d.diffusion.edm import EDMPrecond
-from ouroboros3d.models.denoiser import (
-    DenoiserConfig,
-    ImageEncoder,
-    MultiViewDenoiser,
-    harmonic_embedding,
-    parameter_summary,
-)
+from ouroboros3d.models.conditioning import ImageEncoder, harmonic_embedding
+from ouroboros3d.models.denoiser import DenoiserConfig, MultiViewDenoiser, parameter_summary
 
 SVD_UNET_PARAMETERS = 1_524_623_082  # diffusers' default UNetSpatioTemporalConditionModel = SVD's UNet
 SVD_ARCHITECTURE_KEYS = (

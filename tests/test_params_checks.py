@@ -301,7 +301,7 @@ def _accepts(**model) -> bool:
 
 
 def test_group_norm_groups_are_the_reconstructors():
-    from ouroboros3d.models.reconstructor import _group_norm
+    from ouroboros3d.models.reconstructor_blocks import group_norm as _group_norm
 
     for c in range(1, 300):
         try:

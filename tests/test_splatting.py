@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ouroboros3d.gaussians.container import Gaussians
-from ouroboros3d.gaussians.splatting import project_gaussians, render, render_dense_reference
+from ouroboros3d.gaussians.projection import project_gaussians
+from ouroboros3d.gaussians.splatting import render, render_dense_reference
 from ouroboros3d.geometry.cameras import default_view_layout, intrinsics, orbit_c2w, project
 from ouroboros3d.geometry.ccm import depth_to_world
 

@@ -1,6 +1,8 @@
 """The networks, each knowing nothing of EDM or of training.
 
-``denoiser`` (F: SVD's spatio-temporal UNet with cameras and feedback inputs), ``feedback``
-(the feedback injection networks, Table 1), ``reconstructor`` (G: views to 3D Gaussians,
-LGM-style), ``autoencoder`` (pixel space or SVD's VAE latent space, one interface).
+``denoiser`` (F: SVD's spatio-temporal UNet with camera and feedback inputs) with
+``conditioning`` (its input-view encoder and camera embedding) and ``feedback`` (the feedback
+injection networks, Table 1); ``reconstructor`` (G: views to 3D Gaussians, LGM-style) with
+``reconstructor_blocks`` (its U-Net's residual, attention and level blocks); ``autoencoder``
+(pixel space or SVD's VAE latent space, one interface).
 """

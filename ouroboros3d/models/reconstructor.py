@@ -68,17 +68,18 @@ along the last axis (with the identity bias above) and so are not weight-compati
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
+from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from ..files import PretrainedMixin
 from ..gaussians.container import Gaussians
+from .reconstructor_blocks import Level, MultiViewAttention, group_norm
 
 __all__ = ["CLEAN_SIGMA", "RAW_CHANNELS", "Reconstructor", "activate_gaussians", "resolve_config", "splat_rays"]
 
@@ -86,102 +87,6 @@ CLEAN_SIGMA = 0.002  # sigma used for clean input views (sigma=None): EDM's sigm
 PositionMode = Literal["ray", "box"]
 RAW_CHANNELS = 15  # 1 ray depth + 3 offset + 1 opacity + 3 scale + 4 rotation + 3 colour
 COLOR_EPS = 0.01  # the colour skip's prior is clamped to [eps, 1 - eps] before its logit
-SKIP_SCALE = 1.0 / math.sqrt(2.0)  # keeps the residual stream's variance from growing with depth
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """32 groups as LGM where the width allows (>= 64 channels), else groups of at least 2 channels."""
-    return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels, eps=1e-5)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv3x3 twice, plus a skip; the timestep embedding scales and shifts the
-    second normalised activations (FiLM). A plain added bias, as in the first DDPM U-Nets, would
-    be removed again by GroupNorm wherever a group holds a single channel."""
-
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None):
-        super().__init__()
-        self.norm1 = _group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None
-        self.norm2 = _group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
-        if self.emb is not None:
-            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-            h = h * (1.0 + scale) + shift
-        h = self.conv2(F.silu(h))
-        return (h + self.skip(x)) * SKIP_SCALE
-
-
-class MultiViewAttention(nn.Module):
-    """Self-attention over the tokens of all views of an object jointly: (B*V, C, H, W) -> same."""
-
-    def __init__(self, channels: int, views: int, head_dim: int = 64):
-        super().__init__()
-        self.views = views
-        self.heads = max(1, channels // head_dim)
-        if channels % self.heads:
-            raise ValueError(f"{channels} channels do not split into {self.heads} heads")
-        self.norm = _group_norm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = nn.Linear(channels, channels)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        bv, c, h, w = x.shape
-        b, length = bv // self.views, self.views * h * w
-        tokens = self.norm(x).reshape(b, self.views, c, h * w).transpose(2, 3).reshape(b, length, c)
-        q, k, v = self.qkv(tokens).reshape(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, c)
-        out = self.proj(out).reshape(b, self.views, h * w, c).transpose(2, 3).reshape(bv, c, h, w)
-        return (x + out) * SKIP_SCALE
-
-
-class _Level(nn.Module):
-    """One U-Net level: residual blocks (each optionally followed by attention), then a resampler.
-
-    ``skip_channels`` has one entry per residual block: the channels of the skip connection it
-    concatenates to its input (0 for none). Down levels push each block's output, and the
-    resampler's, to ``skips_out``; up levels pop one skip per block from ``skips_in``. The middle
-    level (``attention_between``) is res, attention, res.
-    """
-
-    def __init__(self, in_channels, skip_channels, width, attend, emb_dim, attention, attention_between=False):
-        super().__init__()
-        self.res = nn.ModuleList()
-        self.attn = nn.ModuleList()
-        channels = in_channels
-        for i, skip in enumerate(skip_channels):
-            self.res.append(ResBlock(channels + skip, width, emb_dim))
-            use = attend and (not attention_between or i < len(skip_channels) - 1)
-            self.attn.append(attention(width) if use else nn.Identity())
-            channels = width
-        self.resample: nn.Module | None = None
-
-    def forward(self, x, emb, skips_out: list | None = None, skips_in: list | None = None):
-        for res, attn in zip(self.res, self.attn, strict=True):
-            if skips_in is not None:
-                x = torch.cat([x, skips_in.pop()], dim=1)
-            x = attn(res(x, emb))
-            if skips_out is not None:
-                skips_out.append(x)
-        if self.resample is not None:
-            x = self.resample(x)
-            if skips_out is not None:
-                skips_out.append(x)
-        return x
-
-
-def timestep_features(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features (B, dim) of the scalar c_noise (B,) (diffusers' ``Timesteps`` form)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=c_noise.device) / half)
-    angles = c_noise.float()[:, None] * freqs[None]
-    feats = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    return F.pad(feats, (0, dim - 2 * half))
 
 
 def splat_rays(plucker: torch.Tensor, splat_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,18 +276,18 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
         channels = down_channels[0]
         for level, (width, attend) in enumerate(zip(down_channels, down_attention, strict=True)):
             last = level == len(down_channels) - 1
-            block = _Level(channels, [0] * layers_per_block, width, attend, emb_dim, attention)
+            block = Level(channels, [0] * layers_per_block, width, attend, emb_dim, attention)
             block.resample = None if last else nn.Conv2d(width, width, 3, stride=2, padding=1)
             self.down.append(block)
             channels = width
             skips += [width] * (layers_per_block + (0 if last else 1))
 
-        self.mid = _Level(channels, [0, 0], channels, mid_attention, emb_dim, attention, attention_between=True)
+        self.mid = Level(channels, [0, 0], channels, mid_attention, emb_dim, attention, attention_between=True)
 
         self.up = nn.ModuleList()
         for level, (width, attend) in enumerate(zip(up_channels, up_attention, strict=True)):
             skip_channels = [skips.pop() for _ in range(layers_per_block + 1)]
-            block = _Level(channels, skip_channels, width, attend, emb_dim, attention)
+            block = Level(channels, skip_channels, width, attend, emb_dim, attention)
             if level < len(up_channels) - 1:
                 block.resample = nn.Sequential(
                     nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)
@@ -390,7 +295,7 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
             self.up.append(block)
             channels = width
 
-        self.norm_out = _group_norm(channels)
+        self.norm_out = group_norm(channels)
         self.conv_out = nn.Conv2d(channels, RAW_CHANNELS, 3, padding=1)
         with torch.no_grad():
             self.conv_out.weight.mul_(output_init_scale)
@@ -428,7 +333,9 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
             sigma = CLEAN_SIGMA if sigma is None else sigma
             sigma = torch.as_tensor(sigma, dtype=torch.float32, device=images.device).expand(b)
             c_noise = 0.25 * torch.log(sigma)
-            emb = self.time_mlp(timestep_features(c_noise, self.time_features).to(images.dtype))
+            # diffusers' sinusoidal embedding in the [cos, sin] order of its ``Timesteps`` (SVD's)
+            features = get_timestep_embedding(c_noise, self.time_features, flip_sin_to_cos=True, downscale_freq_shift=0)
+            emb = self.time_mlp(features.to(images.dtype))
             emb = emb.repeat_interleave(v, dim=0)  # one embedding per view image
 
         x = self.conv_in(x)
