@@ -46,7 +46,7 @@ from ouroboros3d.evaluation.evaluate import (
     write_run,
 )
 from ouroboros3d.files import atomic_write_text
-from ouroboros3d.inference.model_folder import load_checkpoint
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 from ouroboros3d.model import sample_kwargs
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         start_fb = params.sample.feedback_start if args.feedback_start is None else args.feedback_start
         if not 0 <= start_fb <= 1:
             raise ParamsError(f"--feedback-start must lie in [0, 1], got {start_fb}")
-        checkpoint = load_checkpoint(Path(args.models) / args.variant, args.device)
+        checkpoint = Ouroboros3DPipeline.from_pretrained(Path(args.models) / args.variant, device=args.device)
         model, model_params = checkpoint.model, checkpoint.params
     except (ParamsError, GenerationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,8 @@ from ouroboros3d.errors import ArgumentParser, guard
 from ouroboros3d.files import atomic_write_bytes
 from ouroboros3d.gaussians.meshing import MeshError, write_mesh
 from ouroboros3d.geometry import cameras
-from ouroboros3d.inference.generate import generate, surface_mesh, write_outputs
+from ouroboros3d.inference.generate import generate, write_outputs
+from ouroboros3d.inference.pipeline import surface_mesh
 
 
 def mesh_picture(mesh, size: int = 192, azimuths=(0.0, 90.0, 180.0, 270.0), elevation: float = 20.0) -> bytes:

@@ -16,12 +16,13 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .config import Params
+from .config import Params, to_plain
 from .errors import UserError
-from .files import file_sha256
+from .files import check_state, file_sha256
 from .model import Ouroboros3D
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "assemble_model",
     "build_model",
     "build_reconstructor",
+    "config_differences",
     "denoiser_config",
     "initialise",
     "reconstructor_kwargs",
@@ -121,11 +123,17 @@ def _architecture(raw: dict) -> dict:
     return arch
 
 
-def _differences(a, b, key: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{key}.{k}".strip("."))]
-    a, b = (list(v) if isinstance(v, tuple) else v for v in (a, b))
-    return [] if a == b else [f"{key}: {a!r} there, {b!r} here"]
+def config_differences(there: Any, here: Any, where: str = "here", key: str = "") -> list[str]:
+    """``"<key>: <value there> there, <value here> <where>"`` for each (dotted) key whose value differs
+    between two configs (nested mappings; tuples and lists compare alike)."""
+    there, here = to_plain(there), to_plain(here)
+    if isinstance(there, dict) and isinstance(here, dict):
+        return [
+            diff
+            for k in sorted(set(there) | set(here))
+            for diff in config_differences(there.get(k), here.get(k), where, f"{key}.{k}".strip("."))
+        ]
+    return [] if there == here else [f"{key}: {there!r} there, {here!r} {where}"]
 
 
 def _pretrained_state(folder: Path, params: Params, part: str) -> dict[str, torch.Tensor]:
@@ -140,7 +148,7 @@ def _pretrained_state(folder: Path, params: Params, part: str) -> dict[str, torc
     expected = f"expected {part}/{WEIGHTS_NAME} and params.json (a model saved by the train stage)"
     if not meta.is_file():
         raise InitError(f"{folder}: {expected}")
-    diffs = _differences(_architecture(json.loads(meta.read_text())), _architecture(dataclasses.asdict(params)))
+    diffs = config_differences(_architecture(json.loads(meta.read_text())), _architecture(dataclasses.asdict(params)))
     if diffs:
         raise InitError(f"{folder} was trained with other params ({'; '.join(diffs[:3])}): re-run its stage")
     if not weights.is_file():
@@ -151,18 +159,11 @@ def _pretrained_state(folder: Path, params: Params, part: str) -> dict[str, torc
 def _load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, allow_new: tuple[str, ...]):
     """Load ``state`` into ``module``: every tensor must fit, and only the parts ``allow_new`` names
     (and frozen parts loaded from their own folders, which a saved model does not hold) may be absent."""
-    own = module.state_dict()
     frozen = tuple(f"{name}." for name in module.frozen_parts())
-    unknown = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_new + frozen))
-    if unknown or shapes or missing or not state:
-        what = (
-            (unknown and f"unexpected {unknown[:2]}")
-            or (shapes and f"shape of {shapes[:2]}")
-            or f"missing {missing[:2]}"
-        )
-        raise InitError(f"{folder} does not fit this model: {what}")
+    try:
+        check_state(state, module.state_dict(), folder, optional=allow_new + frozen)
+    except ValueError as e:
+        raise InitError(str(e)) from None
     module.load_state_dict(state, strict=False)
 
 

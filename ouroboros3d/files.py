@@ -150,11 +150,15 @@ class PretrainedMixin:
         return model.eval()
 
 
-def check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str | Path) -> None:
-    """ValueError naming the differing keys/shapes unless ``state`` has exactly the keys and shapes of ``own``."""
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+def check_state(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str | Path, optional: tuple[str, ...] = ()
+) -> None:
+    """ValueError naming the differing keys/shapes unless ``state`` has exactly the keys and shapes of ``own``
+    (but those of ``own`` that start with an ``optional`` prefix, which it may lack) and is not empty."""
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(optional))
+    unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
+    if missing or unexpected or wrong or not state:
         raise ValueError(
             f"{path} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {wrong[:5]} (was it trained with other params?)"

@@ -14,7 +14,6 @@ from conftest import tiny_params
 from PIL import Image
 
 from ouroboros3d.build import build_model
-from ouroboros3d.inference import generate as generate_module
 from ouroboros3d.inference.cli import main
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
@@ -53,15 +52,15 @@ def photos(tmp_path) -> Path:
 
 @pytest.fixture
 def loads(monkeypatch) -> list[str]:
-    """Records every model load (the CLI imports load_checkpoint from ouroboros3d.inference.generate when it runs)."""
+    """Records every model load (Ouroboros3DPipeline.from_pretrained)."""
     calls = []
-    real = generate_module.load_checkpoint
+    real = Ouroboros3DPipeline.from_pretrained
 
-    def counting(checkpoint, device="cpu"):
+    def counting(cls, checkpoint, device="cpu"):
         calls.append(str(checkpoint))
-        return real(checkpoint, device)
+        return real(checkpoint, device=device)
 
-    monkeypatch.setattr(generate_module, "load_checkpoint", counting)
+    monkeypatch.setattr(Ouroboros3DPipeline, "from_pretrained", classmethod(counting))
     return calls
 
 

@@ -1,4 +1,5 @@
-"""Image-to-3D for a user's picture: `ouroboros3d generate` and ouroboros3d.inference.generate, on a tiny model."""
+"""Image-to-3D for a user's picture: `ouroboros3d generate`, the pipeline's __call__ and ouroboros3d.inference.generate,
+on a tiny model."""
 
 from __future__ import annotations
 
@@ -18,17 +19,12 @@ from PIL import Image
 
 from ouroboros3d.build import build_model
 from ouroboros3d.config import params_from_dict, params_from_resolved
+from ouroboros3d.errors import GenerationError
 from ouroboros3d.gaussians.container import load_ply
 from ouroboros3d.inference.cli import main
-from ouroboros3d.inference.generate import (
-    GenerationError,
-    default_elevation,
-    generate,
-    load_checkpoint,
-    prepare_image,
-    target_fill,
-    write_outputs,
-)
+from ouroboros3d.inference.generate import generate, write_outputs
+from ouroboros3d.inference.images import prepare_image, target_fill
+from ouroboros3d.inference.options import default_elevation
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 STEPS = 2
@@ -68,7 +64,7 @@ def images(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def loaded(ckpt):
-    return load_checkpoint(ckpt)
+    return Ouroboros3DPipeline.from_pretrained(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +201,39 @@ def test_same_seed_same_views(loaded, images, result):
     assert torch.equal(result.gaussians.means, again.gaussians.means)
     other = generate(images["mug"], loaded, steps=STEPS, seed=4)
     assert not torch.equal(result.views, other.views)
+
+
+def test_calling_the_pipeline_gives_what_generate_gives(loaded, ckpt, images, result):
+    """pipe(image, ...) is the entry point: generate with the loaded pipeline, generate with the model
+    folder, and a call on an image prepared already all give the same views, Gaussians and settings."""
+    params = loaded.params
+    called = loaded(images["mug"], steps=STEPS, seed=3)
+    from_folder = generate(images["mug"], ckpt, steps=STEPS, seed=3)
+    prepared = prepare_image(images["mug"], params.data.resolution, target_fill(params))
+    from_prepared = loaded(prepared, steps=STEPS, seed=3)
+    for other in (called, from_folder, from_prepared):
+        assert torch.equal(result.views, other.views)
+        assert torch.equal(result.gaussians.means, other.gaussians.means)
+        assert torch.equal(result.recon_rgb, other.recon_rgb)
+        assert [r.i for r in other.steps] == [r.i for r in result.steps]
+        assert other.settings == result.settings
+    assert called.settings.checkpoint == str(ckpt) and called.settings.seed == 3 and called.settings.steps == STEPS
+    assert called.timings["load_checkpoint"] == 0.0 < from_folder.timings["load_checkpoint"]
+    with pytest.raises(GenerationError, match="prepared image"):
+        loaded(prepare_image(images["mug"], 2 * params.data.resolution, 0.6), steps=1)
+    with pytest.raises(GenerationError, match="steps must be >= 1"):
+        loaded(images["mug"], steps=0)
+
+
+def test_generation_json_settings_keep_their_keys_and_order(result):
+    settings = result.settings.to_json()
+    assert list(settings) == [
+        "image", "checkpoint", "preset", "device", "seed", "steps", "elevation_deg", "radius", "fov_deg",
+        "azimuths_deg", "resolution", "feedback", "feedback_start", "model_feedback_maps", "guidance", "sampler",
+        "input", "num_gaussians", "torch", "python",
+    ]  # fmt: skip
+    assert list(settings["input"]) == ["original_size", "mask_from", "bbox", "fill"]
+    assert json.loads(json.dumps(settings))["input"]["bbox"] == [30, 10, 70, 40]
 
 
 def test_result_shapes_and_steps(result, loaded):

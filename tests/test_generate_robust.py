@@ -29,10 +29,11 @@ from safetensors.torch import load_file, save_file
 from ouroboros3d.build import build_model
 from ouroboros3d.errors import GenerationError
 from ouroboros3d.files import TMP_PREFIX, WEIGHTS_NAME
-from ouroboros3d.inference import exports
+from ouroboros3d.inference import output_folder
 from ouroboros3d.inference.cli import is_finished, main
-from ouroboros3d.inference.exports import ConcurrentWriteError, is_complete, write_outputs
-from ouroboros3d.inference.generate import generate, load_checkpoint, prepare_image
+from ouroboros3d.inference.exports import write_outputs
+from ouroboros3d.inference.images import prepare_image
+from ouroboros3d.inference.output_folder import ConcurrentWriteError, is_complete
 from ouroboros3d.inference.pipeline import COMPONENTS, Ouroboros3DPipeline
 
 FAST = ["--steps", "1", "--turntable-frames", "2", "--strip-steps", "1"]
@@ -142,7 +143,7 @@ def _run_bad(workspace, tmp_path, capfd, argv: list[str], expect: str, out: Path
 @pytest.mark.parametrize(("option", "value", "expect"), OPTION_CASES)
 def test_bad_option_is_refused_before_the_model_loads(option, value, expect, workspace, tmp_path, capfd, monkeypatch):
     loads = []
-    monkeypatch.setattr("ouroboros3d.inference.generate.load_checkpoint", lambda *a, **k: loads.append(a) or 1 / 0)
+    monkeypatch.setattr(Ouroboros3DPipeline, "from_pretrained", classmethod(lambda *a, **k: loads.append(a) or 1 / 0))
     out = tmp_path / "out"
     argv = ["generate", str(workspace / "mug.png"), "--checkpoint", str(workspace / "ckpt"), "--out", str(out)]
     _run_bad(workspace, tmp_path, capfd, [*argv, "--mesh", f"{option}={value}"], expect, out)
@@ -151,7 +152,7 @@ def test_bad_option_is_refused_before_the_model_loads(option, value, expect, wor
 
 @pytest.mark.parametrize(("out", "expect"), OUT_CASES)
 def test_bad_out_is_refused_before_the_model_loads(out, expect, workspace, tmp_path, capfd, monkeypatch):
-    monkeypatch.setattr("ouroboros3d.inference.generate.load_checkpoint", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(Ouroboros3DPipeline, "from_pretrained", classmethod(lambda *a, **k: 1 / 0))
     target = workspace / out
     for images in (["mug.png"], ["mug.png", "tiny.png"]):  # one image (--out is its folder) and a batch
         argv = ["generate", *(str(workspace / i) for i in images), "--checkpoint", str(workspace / "ckpt")]
@@ -204,11 +205,11 @@ def test_only_the_error_line_reaches_stderr(image, checkpoint, expect, workspace
 
 
 def test_non_finite_samples_are_an_error_not_black_views(workspace, tmp_path):
-    pipe = load_checkpoint(workspace / "ckpt")
+    pipe = Ouroboros3DPipeline.from_pretrained(workspace / "ckpt")
     with torch.no_grad():
         next(pipe.denoiser.parameters()).fill_(float("nan"))  # weights that went bad after loading
     with pytest.raises(GenerationError, match="NaN or infinite"):
-        generate(workspace / "mug.png", pipe, steps=1)
+        pipe(workspace / "mug.png", steps=1)
 
 
 # --- the crop keeps thin parts, drops specks ----------------------------------------------------
@@ -317,17 +318,17 @@ def test_two_processes_into_one_folder_leave_one_runs_output(workspace, tmp_path
 
 
 def test_overlapping_write_phases_never_mix(workspace, tmp_path, monkeypatch):
-    pipe = load_checkpoint(workspace / "ckpt")
-    results = [generate(workspace / "mug.png", pipe, steps=1, seed=seed, strip_steps=1) for seed in (1, 2)]
+    pipe = Ouroboros3DPipeline.from_pretrained(workspace / "ckpt")
+    results = [pipe(workspace / "mug.png", steps=1, seed=seed, strip_steps=1) for seed in (1, 2)]
     out = tmp_path / "out"
     barrier = threading.Barrier(2)
-    real_commit = exports._commit
+    real_commit = output_folder._commit
 
     def commit_together(staged, final, expect):
         barrier.wait(timeout=60)  # both runs have written all their files: their commits race
         real_commit(staged, final, expect)
 
-    monkeypatch.setattr(exports, "_commit", commit_together)
+    monkeypatch.setattr(output_folder, "_commit", commit_together)
     outcome = {}
 
     def run(i):
@@ -344,14 +345,14 @@ def test_overlapping_write_phases_never_mix(workspace, tmp_path, monkeypatch):
     refused = [i for i in range(2) if isinstance(outcome[i], ConcurrentWriteError)]
     assert len(refused) == 1, outcome
     kept = 1 - refused[0]
-    assert _consistent(out)["settings"]["seed"] == results[kept].settings["seed"]
+    assert _consistent(out)["settings"]["seed"] == results[kept].settings.seed
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     # a later run replaces the folder whole: no file of the previous one stays (a stale extra view)
-    monkeypatch.setattr(exports, "_commit", real_commit)
+    monkeypatch.setattr(output_folder, "_commit", real_commit)
     (out / "view_09.png").write_bytes((out / "view_00.png").read_bytes())
     write_outputs(results[refused[0]], out, turntable=0, mp4=False)
     record = _consistent(out)
-    assert record["settings"]["seed"] == results[refused[0]].settings["seed"] and "turntable.gif" not in record["files"]
+    assert record["settings"]["seed"] == results[refused[0]].settings.seed and "turntable.gif" not in record["files"]
 
 
 def _leftover_folder(done: Path, out: Path) -> Path:

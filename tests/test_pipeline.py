@@ -18,7 +18,6 @@ from ouroboros3d.build import build_model, build_reconstructor, initialise
 from ouroboros3d.errors import GenerationError
 from ouroboros3d.files import WEIGHTS_NAME
 from ouroboros3d.inference.generate import generate
-from ouroboros3d.inference.model_folder import load_checkpoint
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 from ouroboros3d.models.denoiser import DenoiserConfig, MultiViewDenoiser
 from ouroboros3d.models.reconstructor import Reconstructor
@@ -82,18 +81,18 @@ def test_loaded_pipeline_generates_the_same_views_as_the_model_loaded_the_old_wa
     image = _image()
     a = generate(image, old_pipe, steps=STEPS, seed=3)
     b = generate(image, loaded, steps=STEPS, seed=3)
-    d = generate(image, folder, steps=STEPS, seed=3)  # the folder itself: load_checkpoint
+    d = generate(image, folder, steps=STEPS, seed=3)  # the folder itself: from_pretrained
     for other in (b, d):
         assert torch.equal(a.views, other.views)
         assert torch.equal(a.gaussians.means, other.gaussians.means)
         assert torch.equal(a.recon_rgb, other.recon_rgb)
     assert not torch.equal(a.views, generate(image, loaded, steps=STEPS, seed=4).views)  # the seed matters
-    assert d.settings["checkpoint"] == str(folder)
+    assert d.settings.checkpoint == str(folder)
 
 
-def test_load_checkpoint_is_from_pretrained(saved):
+def test_from_pretrained_holds_the_saved_weights_and_params(saved):
     model, folder, params = saved
-    ckpt = load_checkpoint(folder)
+    ckpt = Ouroboros3DPipeline.from_pretrained(folder)
     assert isinstance(ckpt, Ouroboros3DPipeline) and ckpt.params == dataclasses.replace(
         params, variants={}, train_variants=()
     )

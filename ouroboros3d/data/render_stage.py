@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..geometry.cameras import RenderSettings, object_cameras
 from ..config import Params
 from ..errors import UserError
-from . import layout
+from ..geometry.cameras import RenderSettings, object_cameras
 from ..progress import bar as progress_bar
+from . import layout
 from .mesh import EmptyMeshError, normalize_to_unit_box
 from .render import RenderedViews, render_views, require_embree
 from .sources import MeshObject, make_source
@@ -169,7 +169,7 @@ def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = F
         objects += real_training_objects(params)
     if split == "eval" and params.data.eval_textured and split_params.source != "libero":
         objects += make_source("libero", params.data).objects()
-    settings = RenderSettings.from_params(params)
+    settings = params.render_settings
     split_dir = str(Path(out_dir) / split)
     jobs = []
     for obj in objects:

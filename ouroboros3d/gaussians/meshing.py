@@ -21,7 +21,8 @@ carves into the object: the mesh shows what the renderer shows, no more.
 
     from ouroboros3d.gaussians.meshing import gaussians_to_mesh, write_mesh
 
-    mesh = gaussians_to_mesh(result.gaussians)   # trimesh.Trimesh with vertex colours
+    camera = params.camera                       # the cameras the model was trained with
+    mesh = gaussians_to_mesh(result.gaussians, radius=camera.radius, fov_deg=camera.fov_deg)
     write_mesh(mesh, "outputs/mug")              # mesh.glb and mesh.obj
 """
 
@@ -168,16 +169,28 @@ class Fusion:
 def fuse_gaussians(
     gaussians: Gaussians,
     *,
+    radius: float,
+    fov_deg: float,
     resolution: int = 96,
     num_cameras: int = 32,
     image_size: int = 128,
-    radius: float = 2.2,
-    fov_deg: float = 39.6,
     bound: float = 0.6,
     truncation_voxels: float = 3.0,
     alpha_threshold: float = 0.5,
 ) -> Fusion:
-    """Steps 1-2 of the module docstring for one object (B = 1); arguments as :func:`gaussians_to_mesh`."""
+    """Steps 1-2 of the module docstring for one object (B = 1).
+
+    Args:
+        gaussians: one object (use ``g[i]`` for a batch), on any device (rendered there).
+        radius, fov_deg: the cameras' distance from the origin and field of view; the caller's
+            (``params.camera``: the cameras the model was trained with, which frame the unit box).
+        resolution: voxels per side of the fusion grid; the mesh's detail is ``2 bound / resolution``.
+        num_cameras: depth maps fused, from a Fibonacci sphere of cameras (:func:`camera_sphere`).
+        image_size: side of the rendered depth maps in pixels.
+        bound: the grid is ``[-bound, bound]³``; objects live in the unit box ``[-0.5, 0.5]³``.
+        truncation_voxels: the TSDF truncation, in voxels.
+        alpha_threshold: pixels with less accumulated alpha are background (free space).
+    """
     if gaussians.batch_size != 1:
         raise ValueError(f"gaussians_to_mesh meshes one object, got a batch of {gaussians.batch_size}: pass g[i]")
     if resolution < 4:
@@ -217,35 +230,13 @@ def mesh_from_fusion(fusion: Fusion):
     return mesh
 
 
-def gaussians_to_mesh(
-    gaussians: Gaussians,
-    *,
-    resolution: int = 96,
-    num_cameras: int = 32,
-    image_size: int = 128,
-    radius: float = 2.2,
-    fov_deg: float = 39.6,
-    bound: float = 0.6,
-    truncation_voxels: float = 3.0,
-    alpha_threshold: float = 0.5,
-):
+def gaussians_to_mesh(gaussians: Gaussians, **settings):
     """The surface of one object's Gaussians (B = 1) as a ``trimesh.Trimesh`` with vertex colours.
 
-    Args:
-        gaussians: one object (use ``g[i]`` for a batch), on any device (rendered there).
-        resolution: voxels per side of the fusion grid; the mesh's detail is ``2 bound / resolution``.
-        num_cameras: depth maps fused, from a Fibonacci sphere of cameras (:func:`camera_sphere`).
-        image_size: side of the rendered depth maps in pixels.
-        radius, fov_deg: the cameras' distance from the origin and field of view (defaults: the
-            training cameras of params.yaml, which frame the unit box).
-        bound: the grid is ``[-bound, bound]³``; objects live in the unit box ``[-0.5, 0.5]³``.
-        truncation_voxels: the TSDF truncation, in voxels.
-        alpha_threshold: pixels with less accumulated alpha are background (free space).
-
-    Raises :class:`MeshError` when nothing is rendered inside the grid.
+    ``settings`` are :func:`fuse_gaussians`' keywords: the cameras' ``radius`` and ``fov_deg``,
+    which the caller must give, and the grid's and renders' sizes. Raises :class:`MeshError` when
+    nothing is rendered inside the grid.
     """
-    settings = dict(resolution=resolution, num_cameras=num_cameras, image_size=image_size, radius=radius)
-    settings |= dict(fov_deg=fov_deg, bound=bound, truncation_voxels=truncation_voxels, alpha_threshold=alpha_threshold)
     return mesh_from_fusion(fuse_gaussians(gaussians, **settings))
 
 

@@ -19,12 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from ..config import Params
 
 __all__ = [
     "WORLD_UP",
@@ -152,8 +148,9 @@ def default_view_layout(
 class RenderSettings:
     """The camera rig of an object's views: everything besides the object that determines its renders.
 
-    It lives here, not with the renderer, so that inference (``ouroboros3d.inference.generate``) builds
-    the dataset's cameras without importing the renderer, trimesh or pandas.
+    It lives here, not with the renderer, so that inference (``ouroboros3d.inference.options``) builds
+    the dataset's cameras without importing the renderer, trimesh or pandas. The params' rig is
+    ``Params.render_settings`` (ouroboros3d.config): geometry imports nothing of the package.
     """
 
     resolution: int
@@ -161,12 +158,6 @@ class RenderSettings:
     fov_deg: float
     orbit_frames: int
     view_frames: tuple[int, ...]
-
-    @classmethod
-    def from_params(cls, params: Params) -> RenderSettings:
-        """The rig of ``params`` (its ``camera`` section and ``data.resolution``)."""
-        cam = params.camera
-        return cls(params.data.resolution, cam.radius, cam.fov_deg, cam.orbit_frames, tuple(cam.view_frames))
 
 
 def object_cameras(

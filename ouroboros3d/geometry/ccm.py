@@ -37,10 +37,21 @@ class CCMNormalization:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:  # a NaN offset would write NaN into every surface pixel of every CCM
             raise ValueError(f"CCM normalisation must be finite, got {bad}")
-        if self.scale <= 0:
-            raise ValueError(f"CCM scale must be positive, got {self.scale}")
+        for name, problem in self.range_problems().items():  # the first one stops
+            raise ValueError(f"CCM {name} {problem}")
+
+    def range_problems(self) -> dict[str, str]:
+        """The fields out of their range, each with what is wrong with it (empty: none).
+
+        The one statement of the ranges: construction refuses them, and the params' ``ccm``
+        section (a subclass, checked later) reports them naming its key.
+        """
+        problems = {}
+        if not self.scale > 0:
+            problems["scale"] = f"must be positive, got {self.scale}"
         if not 0.0 <= self.background <= 1.0:
-            raise ValueError(f"CCM background must lie in [0, 1], got {self.background}")
+            problems["background"] = f"must lie in [0, 1], got {self.background}"
+        return problems
 
 
 def depth_to_world(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""The ``ouroboros3d`` command (installed by ``pip install -e .``; also ``python -m ouroboros3d.inference.cli``).
+"""The ``ouroboros3d`` command (installed by ``pip install -e .``; also ``python -m ouroboros3d``).
 
 Subcommands:
 
 * ``generate IMAGE``: image-to-3D for your own picture, written to ``outputs/<image stem>/``
-  (see :mod:`ouroboros3d.inference.generate`). ``generate FOLDER|GLOB|IMAGE...`` does every PNG/JPEG
+  (:meth:`Ouroboros3DPipeline.__call__ <ouroboros3d.inference.pipeline.Ouroboros3DPipeline.__call__>`,
+  then :func:`~ouroboros3d.inference.exports.write_outputs`). ``generate FOLDER|GLOB|IMAGE...`` does every PNG/JPEG
   image named, loading the model once, into ``outputs/<image stem>/`` each.
 
 Exit status: 0 every image done (or skipped by ``--skip-existing``); 1 some images failed,
@@ -25,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, ArgumentParser, GenerationError, UserError, expected_errors, guard, one_line
-from .generate import MAX_MESH_RESOLUTION, MAX_STEPS, MIN_MESH_RESOLUTION, check_seed
+from .options import MAX_MESH_RESOLUTION, MAX_STEPS, MIN_MESH_RESOLUTION, check_options, check_seed
 
 __all__ = ["EXIT_SOME_FAILED", "build_parser", "find_images", "is_finished", "main"]
 
@@ -195,17 +196,18 @@ def _output_folders(images: list[Path], out: Path | None, single: bool) -> dict[
 
 
 def is_finished(out_dir: Path, mesh: bool = False) -> bool:
-    """Whether ``out_dir`` holds one run's finished, intact outputs (:func:`ouroboros3d.inference.exports.is_complete`):
-    its generation.json (written last) and every file that lists, with the listed checksums, plus the
-    mesh files when ``mesh`` is asked for. A leftover of an interrupted run never counts."""
-    from .exports import is_complete
+    """Whether ``out_dir`` holds one run's finished, intact outputs
+    (:func:`~ouroboros3d.inference.output_folder.is_complete`): its generation.json (written last) and
+    every file that lists, with the listed checksums, plus the mesh files when ``mesh`` is asked for. A
+    leftover of an interrupted run never counts."""
+    from .output_folder import is_complete
 
     return is_complete(out_dir, MESH_FILES if mesh else ())
 
 
 def _check_out(folders: dict[Path, Path]) -> None:
     """Every output folder can be written (not a file, nor a folder of other files): before any work."""
-    from .exports import check_output_folder
+    from .output_folder import check_output_folder
 
     for folder in dict.fromkeys(folders.values()):
         try:
@@ -218,37 +220,26 @@ def _check_out(folders: dict[Path, Path]) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Option values that would fail every image, caught before any work."""
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    """Option values that would fail every image, caught before any work: the generation's
+    (:func:`~ouroboros3d.inference.options.check_options`) and the turntable's."""
+    checked = ("steps", "elevation", "seed", "strip_steps", "mesh_resolution")
+    try:
+        check_options(**{name: getattr(args, name) for name in checked}, flags=True)
+    except GenerationError as e:
+        raise UsageError(str(e)) from None
     if args.turntable_frames < 0:
         raise UsageError(f"--turntable-frames must be >= 0, got {args.turntable_frames}")
-    if args.elevation is not None and not -89.0 < args.elevation < 89.0:
-        raise UsageError(f"--elevation must lie in (-89, 89) degrees, got {args.elevation}")
-    if not MIN_MESH_RESOLUTION <= args.mesh_resolution <= MAX_MESH_RESOLUTION:  # see generate.MAX_MESH_RESOLUTION
-        raise UsageError(
-            f"--mesh-resolution must lie in [{MIN_MESH_RESOLUTION}, {MAX_MESH_RESOLUTION}] (its grid holds "
-            f"resolution³ voxels, ~13 GB at {MAX_MESH_RESOLUTION}), got {args.mesh_resolution}"
-        )
-    if args.steps is not None and args.steps > MAX_STEPS:
-        raise UsageError(f"--steps must be <= {MAX_STEPS}, got {args.steps}")
     if args.turntable_frames > MAX_TURNTABLE_FRAMES:
         raise UsageError(f"--turntable-frames must be <= {MAX_TURNTABLE_FRAMES}, got {args.turntable_frames}")
-    if args.strip_steps < 0:
-        raise UsageError(f"--strip-steps must be >= 0, got {args.strip_steps}")
-    check_seed(args.seed)  # the parser's type checked it already
 
 
-def _generate_one(
-    args: argparse.Namespace, checkpoint, load_seconds: float, image: Path, out_dir: Path, progress, expect
-):
+def _generate_one(args: argparse.Namespace, pipe, load_seconds: float, image: Path, out_dir: Path, progress, expect):
     """Generate one image's outputs (and mesh, with --mesh) into ``out_dir``, which was in state ``expect``
-    when the command began (:func:`.exports.folder_state`: another run writing it since is refused)."""
-    from .generate import generate, write_outputs
+    when the command began (:func:`.output_folder.folder_state`: another run writing it since is refused)."""
+    from .exports import write_outputs
 
-    result = generate(
+    result = pipe(
         image,
-        checkpoint,
         steps=args.steps,
         elevation=args.elevation,
         seed=args.seed,
@@ -275,7 +266,7 @@ def _print_done(result, files: dict, out_dir: Path, seconds: float, prefix: str,
     t, s = result.timings, result.settings
     write(
         f"{prefix}wrote {len(files)} files to {out_dir} in {seconds:.1f} s "
-        f"(sampling {t['sample']:.1f} s for {s['steps']} steps, {s['num_gaussians']} Gaussians)",
+        f"(sampling {t['sample']:.1f} s for {s.steps} steps, {s.num_gaussians} Gaussians)",
         file=sys.stdout,
     )
 
@@ -283,8 +274,10 @@ def _print_done(result, files: dict, out_dir: Path, seconds: float, prefix: str,
 def _run_generate(args: argparse.Namespace, debug: bool = False) -> int:
     from tqdm.auto import tqdm
 
-    from .exports import folder_state
-    from .generate import load_checkpoint, prepare_image, read_checkpoint_params, target_fill
+    from .images import prepare_image, target_fill
+    from .model_folder import read_checkpoint_params
+    from .output_folder import folder_state
+    from .pipeline import Ouroboros3DPipeline
 
     # every option, image and output folder is checked before the (slow) model load and sampling
     _check_options(args)
@@ -322,7 +315,7 @@ def _run_generate(args: argparse.Namespace, debug: bool = False) -> int:
     todo = {i: o for i, o in todo.items() if i not in failed}
     if todo:
         t0 = time.perf_counter()
-        checkpoint = load_checkpoint(args.checkpoint, args.device)
+        pipe = Ouroboros3DPipeline.from_pretrained(args.checkpoint, device=args.device)
         load_seconds = time.perf_counter() - t0  # carried by the first image done
 
     # one bar over the images (a tty only), once every input is checked and the model loaded; the
@@ -336,7 +329,7 @@ def _run_generate(args: argparse.Namespace, debug: bool = False) -> int:
         else:
             progress = functools.partial(_show_step, bar, image.name)
         expect = states[out_dir]
-        work = functools.partial(_generate_one, args, checkpoint, load_seconds, image, out_dir, progress, expect)
+        work = functools.partial(_generate_one, args, pipe, load_seconds, image, out_dir, progress, expect)
         done = attempt(image, work)
         bar.update(1)
         if done is not None:

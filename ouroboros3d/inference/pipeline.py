@@ -1,10 +1,10 @@
-"""A trained Ouroboros3D saved the way the diffusers ecosystem expects: :class:`Ouroboros3DPipeline`.
+"""Ouroboros3D for image-to-3D, the diffusers way: :class:`Ouroboros3DPipeline`, saved, loaded and called.
 
 A model folder (what the train stage writes to ``models/<variant>/``)::
 
     model_index.json        diffusers' pipeline index: the class of each component folder
     params.json             the resolved params the model was trained with (sampling, cameras, ...)
-    README.md               the model card: data, training, metrics of the run, licence
+    README.md               the model card (:mod:`~ouroboros3d.inference.model_card`)
     denoiser/               F, MultiViewDenoiser: config.json + diffusion_pytorch_model.safetensors
     reconstructor/          G, Reconstructor: config.json + diffusion_pytorch_model.safetensors
 
@@ -16,53 +16,70 @@ model has no VAE at all.
 
 Loading (:meth:`Ouroboros3DPipeline.from_pretrained`) is local and offline, and strict: the
 components' configs must agree with params.json and their weights must fit exactly and be
-finite (no NaN or inf: a diverged run's weights would sample black views); every
+finite (no NaN or inf: a diverged run's weights would sample black views). Calling the pipeline
+on a picture is image-to-3D (Algorithm 2: the recursive sampler, G inside F's loop). Every
 failure is a one-line :class:`~ouroboros3d.errors.GenerationError`::
 
     pipe = Ouroboros3DPipeline.from_pretrained("models/main")
     pipe.model, pipe.params            # the Ouroboros3D (eval mode) and its Params
-    result = ouroboros3d.inference.generate.generate("mug.png", pipe, steps=25, seed=0)
+    result = pipe("mug.png", steps=25, seed=0)    # a GenerationResult: views, Gaussians, settings
     pipe.save_pretrained("models/copy")
-
-(Image-to-3D is :func:`ouroboros3d.inference.generate.generate`, not the pipeline's ``__call__``: this
-module, which the train stage imports, stays clear of the generation code.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import platform
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import diffusers
+import numpy as np
+import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 
-from ..build import assemble_model, denoiser_config, reconstructor_kwargs
+from ..build import assemble_model
 from ..config import Params
-from ..errors import GenerationError, one_line
-from ..files import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, check_finite
+from ..errors import GenerationError
+from ..files import atomic_write_text
+from ..gaussians.container import Gaussians
+from ..model import Reconstruction, StepRecord, sample, sample_kwargs
 from ..models.denoiser import MultiViewDenoiser
-from ..models.reconstructor import Reconstructor, resolve_config
-from .model_folder import CARD_FILE, HINT, INDEX_FILE, PARAMS_FILE, check_device, read_checkpoint_params, read_json
+from ..models.reconstructor import Reconstructor
+from .images import PreparedImage, prepare_image, target_fill
+from .model_card import model_card
+from .model_folder import (
+    CARD_FILE,
+    COMPONENTS,
+    INDEX_FILE,
+    PARAMS_FILE,
+    check_device,
+    check_frozen_finite,
+    check_model_folder,
+    load_component,
+    load_vae,
+    read_checkpoint_params,
+)
+from .options import check_options, default_elevation, view_cameras
+from .result import GenerationResult, GenerationSettings, InputSettings
 
 if TYPE_CHECKING:
     from ..model import Ouroboros3D
 
-__all__ = ["COMPONENTS", "Ouroboros3DPipeline", "model_card"]
-
-# the components always saved, by folder name
-COMPONENTS: dict[str, type] = {"denoiser": MultiViewDenoiser, "reconstructor": Reconstructor}
+__all__ = ["COMPONENTS", "Ouroboros3DPipeline", "surface_mesh"]
 
 
 class Ouroboros3DPipeline(DiffusionPipeline):
     """Ouroboros3D for image-to-3D: F (``denoiser``), G (``reconstructor``), SVD's VAE (``vae``,
     None in pixel space) and the ``params`` they were trained with.
 
-    ``model`` is the :class:`~ouroboros3d.model.Ouroboros3D` of these components (what
-    sampling, evaluation and :func:`ouroboros3d.inference.generate.generate` run; give ``generate`` the
-    pipeline to generate many images with one load).
+    ``pipe(image, ...)`` generates the views and 3D Gaussians of the object in ``image``
+    (:meth:`__call__`); load once, call for many images. ``model`` is the
+    :class:`~ouroboros3d.model.Ouroboros3D` of these components (what sampling and evaluation run).
     """
 
     _optional_components: ClassVar[list[str]] = ["vae"]
@@ -126,265 +143,203 @@ class Ouroboros3DPipeline(DiffusionPipeline):
         """
         device = check_device(device)
         folder, params = read_checkpoint_params(pretrained_model_name_or_path)
-        index = read_json(folder / INDEX_FILE)
-        _check_index(folder, index, params)
-        _check_configs(folder, params)
-        try:  # the VAE first: the order build_model builds the parts in
-            vae = _load_vae(params)
-        except Exception as e:  # a missing SVD folder, an unreadable file
-            raise GenerationError(f"cannot load the VAE of {folder}: {one_line(e)}") from None
-        parts = {}
-        for name, part in COMPONENTS.items():
-            try:
-                parts[name] = part.from_pretrained(folder / name)
-            except ValueError as e:  # weights that do not fit (the message names the keys)
-                raise GenerationError(one_line(e)) from None
-            except Exception as e:  # an unreadable file, a missing CLIP folder
-                raise GenerationError(f"cannot load {folder / name}: {one_line(e)}") from None
-        _check_frozen_finite(folder, parts, vae)
+        check_model_folder(folder, params)
+        vae = load_vae(folder, params)  # first: the order build_model builds the parts in
+        parts = {name: load_component(folder, name) for name in COMPONENTS}
+        check_frozen_finite(folder, parts, vae)
         pipe = cls(parts["denoiser"], parts["reconstructor"], vae, params)
         pipe.register_to_config(_name_or_path=str(folder))
         pipe.model.to(device).eval()
         return pipe
 
+    # --- image-to-3D --------------------------------------------------------------------------
 
-def _check_frozen_finite(folder: Path, parts: dict[str, Any], vae) -> None:
-    """The parts loaded from elsewhere (SVD's VAE, the CLIP image encoder) hold finite weights too;
-    the saved weights were checked as they were read (:meth:`~ouroboros3d.files.PretrainedMixin.from_pretrained`)."""
-    frozen = [
-        (f"{name}.{sub} (loaded from {path})", parts[name].get_submodule(sub))
-        for name in parts
-        for sub, path in parts[name].frozen_parts().items()
-    ]
-    if vae is not None:
-        frozen.append((f"vae (loaded from {folder / PARAMS_FILE}'s model.vae_path)", vae))
-    for where, module in frozen:
-        try:
-            check_finite(module.state_dict(), where)
-        except ValueError as e:
-            raise GenerationError(f"cannot load {folder}: {one_line(e)}") from None
+    def __call__(
+        self,
+        image: str | Path | Image.Image | np.ndarray | PreparedImage,
+        *,
+        steps: int | None = None,
+        elevation: float | None = None,
+        seed: int = 0,
+        feedback: bool = True,
+        strip_steps: int = 5,
+        progress: bool | Callable[[dict], None] = False,
+        mesh: bool = False,
+        mesh_resolution: int = 96,
+    ) -> GenerationResult:
+        """Generate the V views and the 3D Gaussians of the object in ``image`` (Algorithm 2), on this
+        pipeline's device.
 
+        Args:
+            image: a path, PIL image or (H, W, 3|4) array (prepared by
+                :func:`~ouroboros3d.inference.images.prepare_image`: RGBA's alpha is the object mask,
+                RGB must show it on a near-white background), or an image prepared already.
+            steps: denoising steps (default: the params' ``sample.steps``, 25 as the paper; at most
+                :data:`~ouroboros3d.inference.options.MAX_STEPS`).
+            elevation: camera elevation in degrees, in (-89, 89) (default
+                :func:`~ouroboros3d.inference.options.default_elevation`).
+            seed: the initial noise's seed, in [0, 2^64 - 1]; the same seed gives the same views.
+            feedback: False zeroes the 3D feedback maps at every step (``feedback_start = 1``),
+                for comparison; G still reconstructs at every step.
+            strip_steps: how many evenly spaced steps to keep in ``result.steps``.
+            progress: True shows a tqdm bar over the steps; a callable gets ``sample``'s
+                per-step info dicts instead.
+            mesh: also mesh the final Gaussians into ``result.mesh`` (:func:`surface_mesh`); raises
+                :class:`ouroboros3d.gaussians.meshing.MeshError` when they render no surface.
+            mesh_resolution: voxels per side of the mesh's fusion grid, in [4, 512].
 
-def _check_index(folder: Path, index: Any, params: Params) -> None:
-    path = folder / INDEX_FILE
-    if not isinstance(index, dict) or index.get("_class_name") != Ouroboros3DPipeline.__name__:
-        found = index.get("_class_name") if isinstance(index, dict) else type(index).__name__
-        raise GenerationError(f"{path} is not an {Ouroboros3DPipeline.__name__} index (found {found!r})")
-    for name, part in COMPONENTS.items():
-        expected = [part.__module__, part.__name__]
-        if index.get(name) != expected:
-            raise GenerationError(f"{path}: {name} must be {expected}, found {index.get(name)!r}")
-    vae = index.get("vae", [None, None])
-    if vae != [None, None]:
-        raise GenerationError(
-            f"{path}: vae {vae!r}: this version saves no VAE (SVD's is frozen, loaded from model.vae_path)"
+        Raises GenerationError for a bad option or image (before sampling), and when sampling
+        produces NaN or infinite values. ``result.timings["load_checkpoint"]`` is 0: loading is
+        the caller's (:func:`~ouroboros3d.inference.generate.generate` and the command fill it in).
+        """
+        params = self.params
+        steps = params.sample.steps if steps is None else int(steps)
+        elevation = default_elevation(params) if elevation is None else float(elevation)
+        check_options(
+            steps=steps, elevation=elevation, seed=seed, strip_steps=strip_steps, mesh_resolution=mesh_resolution
         )
-    for name in COMPONENTS:
-        for file in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name / file).is_file():
-                raise GenerationError(f"checkpoint {folder} is incomplete: {folder / name / file} is missing ({HINT})")
-
-
-def _plain(value: Any) -> Any:
-    """JSON's view of a value (tuples as lists), for comparing configs."""
-    return json.loads(json.dumps(value))
-
-
-def _check_configs(folder: Path, params: Params) -> None:
-    """Each component's config.json describes the model params.json describes."""
-    expected = {
-        "denoiser": dataclasses.asdict(denoiser_config(params)),
-        "reconstructor": resolve_config(**reconstructor_kwargs(params)),
-    }
-    for name in COMPONENTS:
-        path = folder / name / CONFIG_NAME
-        saved = read_json(path)
-        if not isinstance(saved, dict):
-            raise GenerationError(f"{path} must be a JSON object, got {type(saved).__name__}")
-        saved = {k: v for k, v in saved.items() if not k.startswith("_")}
-        want = _plain(expected[name])
-        diffs = [
-            f"{k}: {saved.get(k)!r} there, {want.get(k)!r} in {PARAMS_FILE}"
-            for k in sorted(set(saved) | set(want))
-            if saved.get(k) != want.get(k)
-        ]
-        if diffs:
-            raise GenerationError(f"{path} does not match this model's {PARAMS_FILE}: {'; '.join(diffs[:3])}")
-
-
-def _load_vae(params: Params):
-    """SVD's VAE (frozen, so referenced rather than saved) from ``model.vae_path``; None in pixel space."""
-    if params.model.latent == "pixel":
-        return None
-    from ..models.autoencoder import VAEAutoencoder
-
-    return VAEAutoencoder.from_folder(params.model.vae_path).vae
-
-
-# --- the model card --------------------------------------------------------------------------
-
-
-def _count(module) -> int:
-    return sum(t.numel() for t in module.trainable_state_dict().values())
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
-def _uses_svd(params: Params) -> bool:
-    """Whether the model holds or needs SVD's weights: its VAE, its CLIP, or its UNet as the start."""
-    init = params.model.denoiser_init
-    svd_unet = bool(init) and (Path(init) / "config.json").is_file()  # a diffusers UNet folder, not ours
-    return params.model.latent == "vae" or params.model.denoiser.image_encoder == "clip" or svd_unet
-
-
-def model_card(pipe: Ouroboros3DPipeline, training: Mapping[str, Any] | None = None) -> str:
-    """The README.md of a saved model: generated from its params and what the train stage knew."""
-    p, t = pipe.params, dict(training or {})
-    name = t.get("run", "model")
-    svd = _uses_svd(p)
-    d, r = p.model.denoiser, p.model.reconstructor
-    front = [
-        "---",
-        f"license: {'other' if svd else 'mit'}",
-        "library_name: ouroboros3d",
-        "pipeline_tag: image-to-3d",
-        "tags: [ouroboros3d, diffusers, image-to-3d, multi-view-diffusion, gaussian-splatting]",
-        "---",
-    ]
-    maps = ", ".join(p.feedback_maps) if p.feedback else "none"
-    lines = [
-        f"# Ouroboros3D: `{name}` (preset `{p.preset}`)",
-        "",
-        "Image-to-3D by 3D-aware recursive diffusion, a replication of Ouroboros3D (Wen et al.): a multi-view "
-        "diffusion model F (SVD's spatio-temporal UNet architecture) and an LGM-style Gaussian reconstructor G, "
-        "with the reconstruction's renders fed back to F at every denoising step. Saved by "
-        "`Ouroboros3DPipeline.save_pretrained` of the `ouroboros3d` package.",
-        "",
-        "## The model",
-        "",
-        _table(
-            [
-                (
-                    "views",
-                    f"{p.camera.num_views} at {p.data.resolution}² (orbit frames {list(p.camera.view_frames)}, "
-                    f"radius {p.camera.radius:g}, fov {p.camera.fov_deg:g}°); view 0 is the input",
-                ),
-                ("diffusion space", "pixels" if p.model.latent == "pixel" else "SVD's VAE latents"),
-                (
-                    "`denoiser/` (F)",
-                    f"MultiViewDenoiser, {_count(pipe.denoiser):,} saved parameters, "
-                    f"blocks {list(d.block_out_channels)}, image encoder `{d.image_encoder}`",
-                ),
-                (
-                    "`reconstructor/` (G)",
-                    f"Reconstructor, {_count(pipe.reconstructor):,} parameters, "
-                    f"{r.image_size}² inputs of views {list(p.model.recon_views)}, "
-                    f"{pipe.reconstructor.num_gaussians:,} Gaussians",
-                ),
-                ("3D feedback maps", maps),
-                ("joint training of F and G", str(p.joint)),
-            ]
-        ),
-        "",
-    ]
-    frozen = []
-    if d.image_encoder == "clip":
-        frozen.append(
-            f"- CLIP image encoder (frozen): loaded from `{d.image_encoder_path}` (the denoiser's config.json)."
-        )
-    if pipe.vae is not None:
-        frozen.append(f"- SVD's VAE (frozen): loaded from `{p.model.vae_path}` (params.json `model.vae_path`).")
-    if frozen:
-        lines += ["Parts not saved here are referenced by local path and must exist there to load the model:", ""]
-        lines += [*frozen, ""]
-
-    tr = p.data.train
-    lines += [
-        "## Data",
-        "",
-        f"Rendered by this repository's render stage: train source `{tr.source}` (at most {tr.max_objects} objects"
-        + (f", plus {tr.real_objects} real objects along {tr.real_orbits} orbits each" if tr.real_objects else "")
-        + f"), elevations {tr.elevation_deg[0]:g}° to {tr.elevation_deg[1]:g}°; validation `{p.data.val.source}`, "
-        f"evaluation `{p.data.eval.source}` (never trained on)."
-        + (f" The run trained on {t['objects']} objects." if "objects" in t else ""),
-        "Each object's licence is recorded in the render stage's `data/renders/manifest.csv` (`licence` column).",
-        "",
-        "## Training",
-        "",
-    ]
-    if t:
-        s = dict(t.get("settings") or {})
-        rows = [("run", f"`{name}`"), ("objective", str(t.get("objective", "joint")))]
-        if "steps" in t:
-            rows.append(
-                (
-                    "steps",
-                    f"{t['steps']:,}"
-                    + (f" of {s['steps']:,}" if "steps" in s else "")
-                    + ("" if t.get("finished", True) else " (not finished)"),
+        t0 = time.perf_counter()
+        if isinstance(image, PreparedImage):
+            prepared = image
+            res = params.data.resolution
+            if tuple(prepared.tensor.shape) != (3, res, res):
+                raise GenerationError(
+                    f"the prepared image is {tuple(prepared.tensor.shape)}, this model takes (3, {res}, {res}): "
+                    f"prepare it with prepare_image(image, {res}, target_fill(params))"
                 )
-            )
-        for key in ("batch_size", "lr", "ema_decay"):
-            if key in s:
-                rows.append((key, _number(s[key])))
-        if "seconds" in t:
-            rows.append(("time", f"{t['seconds']:.0f} s"))
-        rows.append(("seed", str(p.seed)))
-        init = {k: v for k, v in (t.get("init") or {}).items() if v not in (None, "none")}
-        rows.append(("started from", ", ".join(f"{k}: `{v}`" for k, v in init.items()) or "random initialisation"))
-        lines += [_table(rows), "", "The saved weights are the EMA of the training weights.", ""]
-    else:
-        lines += ["Not recorded: this model was saved outside the train stage.", ""]
+        else:
+            prepared = prepare_image(image, params.data.resolution, target_fill(params))
+        timings = {"prepare_image": time.perf_counter() - t0, "load_checkpoint": 0.0}
 
-    metrics = t.get("metrics") or {}
-    if metrics:
-        source = t.get("metrics_file", "the run's metrics.json")
-        lines += [
-            "## Metrics",
-            "",
-            f"The last values logged by the run (`{source}`):",
-            "",
-            "| metric | value |",
-            "|---|---|",
-        ]
-        for group in ("train", "val", "run"):
-            for key, value in (metrics.get(group) or {}).items():
-                lines.append(f"| {group}/{key} | {_number(value)} |")
-        lines.append("")
+        notes = []
+        lo, hi = params.data.train.elevation_deg
+        if not lo <= elevation <= hi:
+            notes.append(f"elevation {elevation:g} is outside the training range [{lo:g}, {hi:g}]")
+        if not feedback and not self.model.has_feedback:
+            notes.append("this checkpoint has no feedback networks: --no-feedback changes nothing")
+        azimuths, K, c2w = view_cameras(params, elevation)
+        feedback_start = params.sample.feedback_start if feedback else 1.0
 
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from ouroboros3d.inference.generate import generate",
-        "from ouroboros3d.inference.pipeline import Ouroboros3DPipeline",
-        "",
-        'pipe = Ouroboros3DPipeline.from_pretrained("path/to/this/folder")',
-        f'result = generate("my_object.png", pipe, steps={p.sample.steps}, seed=0)  # result.views, result.gaussians',
-        "```",
-        "",
-        "or `ouroboros3d generate my_object.png --checkpoint path/to/this/folder`.",
-        "",
-        "## Licence",
-        "",
-        "The code that trained and runs this model is MIT-licensed (the `ouroboros3d` package).",
-    ]
-    if svd:
-        lines.append(
-            "This model uses Stable Video Diffusion's weights (stabilityai/stable-video-diffusion-img2vid-xt: "
-            "its UNet as initialisation, its VAE and/or CLIP image encoder), which are subject to Stability AI's "
-            "licence for that model (accepted on its Hugging Face page before downloading); that licence applies "
-            "to this model too."
+        t0 = time.perf_counter()
+        out, kept = self._sample(prepared, K, c2w, steps, seed, feedback_start, strip_steps, progress)
+        timings["sample"] = time.perf_counter() - t0
+        _check_finite_result(out, self.name_or_path)
+        surface = None
+        if mesh:
+            t0 = time.perf_counter()
+            surface = surface_mesh(out.gaussians, params, mesh_resolution)
+            timings["mesh"] = time.perf_counter() - t0
+
+        settings = GenerationSettings(
+            image=prepared.source,
+            checkpoint=self.name_or_path,
+            preset=params.preset,
+            device=str(self.device),
+            seed=int(seed),
+            steps=steps,
+            elevation_deg=elevation,
+            radius=params.camera.radius,
+            fov_deg=params.camera.fov_deg,
+            azimuths_deg=[float(a) for a in azimuths],
+            resolution=params.data.resolution,
+            feedback=bool(feedback),
+            feedback_start=feedback_start,
+            model_feedback_maps=list(self.model.feedback_maps),
+            guidance=list(params.sample.guidance),
+            sampler=params.sample.sampler,
+            input=InputSettings.of(prepared),
+            num_gaussians=int(out.gaussians.num_gaussians),
+            torch=torch.__version__,
+            python=platform.python_version(),
         )
-    else:
-        lines.append("Its weights were trained from scratch by this repository (no pretrained weights): MIT as well.")
-    lines.append("The training objects keep their own licences (see Data).")
-    return "\n".join(front + lines) + "\n"
+        return GenerationResult(
+            input=prepared,
+            views=out.views[0].cpu(),
+            gaussians=out.gaussians.detach().to("cpu"),
+            recon_rgb=out.recon.rgb[0].cpu(),
+            steps=kept,
+            azimuths=azimuths,
+            K=K,
+            c2w=c2w,
+            params=params,
+            settings=settings,
+            timings=timings,
+            notes=notes,
+            mesh=surface,
+        )
+
+    def _sample(
+        self, prepared: PreparedImage, K, c2w, steps: int, seed: int, feedback_start: float, strip_steps, progress
+    ):
+        """Algorithm 2 on one prepared image: ``sample``'s result and the kept steps' records (on the CPU)."""
+        keep = set(_strip_indices(steps, strip_steps))
+        kept: list[StepRecord] = []
+        bar = None
+        if progress is True:
+            from ..progress import bar as progress_bar
+
+            bar = progress_bar(total=steps, desc="denoising", unit="step", leave=False)
+
+        def on_step(info: dict) -> None:
+            if info["i"] in keep and info["record"] is not None:
+                kept.append(_to_cpu_record(info["record"]))
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress(info)
+
+        dev = str(self.device)
+        try:
+            out = sample(
+                self.model,
+                prepared.tensor[None].to(dev),
+                K[None].to(dev),
+                c2w[None].to(dev),
+                **sample_kwargs(self.params.sample, steps=steps, feedback_start=feedback_start),
+                seeds=[int(seed)],
+                on_step=on_step,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out, sorted(kept, key=lambda r: r.i)
+
+
+# --- the parts of a generation --------------------------------------------------------------
+
+
+def _strip_indices(steps: int, count: int) -> list[int]:
+    if count <= 0:
+        return []
+    return sorted({round(x) for x in np.linspace(0, steps - 1, min(count, steps))})
+
+
+def _to_cpu_record(record: StepRecord) -> StepRecord:
+    r = record.recon
+    recon = Reconstruction(r.gaussians.detach().to("cpu"), r.rgb.cpu(), r.alpha.cpu(), r.ccm.cpu())
+    return StepRecord(record.i, record.sigma, record.views.cpu(), recon, record.fed_back)
+
+
+def _check_finite_result(out, checkpoint: str | None) -> None:
+    """GenerationError when sampling produced NaN or inf: written out, they would be black views and
+    a .ply without vertices, with nothing said (the weights are checked when they load; this catches
+    the rest: an overflow, a broken device)."""
+    g = out.gaussians
+    parts = {"views": out.views, "Gaussian means": g.means, "Gaussian scales": g.scales}
+    parts |= {"Gaussian opacities": g.opacities, "Gaussian colours": g.colors, "Gaussian rotations": g.quats}
+    bad = [name for name, t in parts.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise GenerationError(
+            f"sampling with {checkpoint} produced NaN or infinite values ({', '.join(bad)}); nothing was written"
+        )
+
+
+def surface_mesh(gaussians: Gaussians, params: Params, resolution: int = 96):
+    """The Gaussians' surface (``pipe(image, mesh=True)``'s), meshed on the device they were sampled on,
+    by cameras at the checkpoint's radius and field of view; raises MeshError where there is none."""
+    from ..gaussians.meshing import gaussians_to_mesh
+
+    camera = params.camera
+    return gaussians_to_mesh(gaussians, resolution=resolution, radius=camera.radius, fov_deg=camera.fov_deg)
