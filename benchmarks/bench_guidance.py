@@ -23,7 +23,7 @@ from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
 from ouroboros3d.data.synthetic import synthetic_batch
 from ouroboros3d.files import atomic_write_text
-from ouroboros3d.model import sample, sample_kwargs
+from ouroboros3d.sampling import sample, sample_kwargs
 
 
 class TwoPasses(torch.nn.Module):

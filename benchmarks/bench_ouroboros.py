@@ -28,7 +28,7 @@ from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
 from ouroboros3d.diffusion import edm
 from ouroboros3d.geometry import cameras
-from ouroboros3d.model import sample
+from ouroboros3d.sampling import sample
 
 
 def batch_for(params, batch_size):

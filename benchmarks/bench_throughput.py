@@ -38,8 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
 from ouroboros3d.data.synthetic import synthetic_batch
-from ouroboros3d.model import sample, sample_kwargs
-from ouroboros3d.training.loop import step_draws
+from ouroboros3d.sampling import sample, sample_kwargs
+from ouroboros3d.training.batches import step_draws
 
 
 def cpu_matrix_units() -> list[str]:
@@ -60,13 +60,14 @@ def training_step(model, params, objective: str, batch_size: int, precision: str
     settings = params.pretrain.denoiser if objective == "denoiser" else params.pretrain.reconstructor
     batch = synthetic_batch(params, batch_size, seed=1)
     counter = [0]
-    net = model.denoiser.net
     if variant == "channels_last":
         model = copy.deepcopy(model)
-        model.denoiser.net = model.denoiser.net.to(memory_format=torch.channels_last)
+        for module in model.denoiser.net.modules():  # the 2D convolutions: the temporal layers are 3D/5D
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
     elif variant == "compile":
         model = copy.deepcopy(model)
-        model.denoiser.net = torch.compile(net)
+        model.denoiser.net = torch.compile(model.denoiser.net)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
 

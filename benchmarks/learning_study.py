@@ -39,7 +39,7 @@ from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.metrics import object_seed
 from ouroboros3d.files import atomic_write_bytes
-from ouroboros3d.model import sample_kwargs
+from ouroboros3d.sampling import sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
 from ouroboros3d.training.validation import stack_items, validation_scores

@@ -212,7 +212,7 @@ def measure_step(params: Params, device: str, steps: int = 2) -> dict:
     from accelerate import Accelerator
 
     from ouroboros3d.model import LossWeights
-    from ouroboros3d.training.loop import EMA
+    from ouroboros3d.training.state import EMA
 
     settings = params.train
     model = build(params, device)
@@ -251,7 +251,7 @@ def measure_step(params: Params, device: str, steps: int = 2) -> dict:
 
 
 def measure_sample(params: Params, device: str) -> dict:
-    from ouroboros3d.model import sample, sample_kwargs
+    from ouroboros3d.sampling import sample, sample_kwargs
 
     model = build(params, device).eval()
     one = {k: t.to(device) for k, t in synthetic_batch(params, 1).items()}

@@ -47,7 +47,7 @@ from ouroboros3d.evaluation.evaluate import (
 )
 from ouroboros3d.files import atomic_write_text
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
-from ouroboros3d.model import sample_kwargs
+from ouroboros3d.sampling import sample_kwargs
 
 
 @guard

@@ -27,11 +27,12 @@ from accelerate import PartialState
 from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.errors import ArgumentParser, guard
+from ouroboros3d.errors import ArgumentParser, count, guard
 from ouroboros3d.evaluation.metrics import object_seed
 from ouroboros3d.evaluation.perceptual import load_lpips
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
-from ouroboros3d.model import sample_kwargs
+from ouroboros3d.sampling import sample_kwargs
+from ouroboros3d.training.batches import LOADER_WORKERS
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_metrics
 from ouroboros3d.training.validation import reconstruction_scores, stack_items, validation_scores
@@ -47,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", help="folder with the pretrained denoiser/ and reconstructor/ to fine-tune from")
     parser.add_argument("--data", default="data", help="the data/ folder of the render and ccm stages")
     parser.add_argument("--stop-after", type=int, help="stop after this many steps, writing no model (tests, probes)")
+    parser.add_argument(
+        "--loader-workers",
+        type=count(0),
+        default=LOADER_WORKERS,
+        help=f"processes that read the batches ahead of the steps, per rank (default {LOADER_WORKERS}; "
+        "0: read in the training process); changes no number",
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.pretrain:
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         validate=validate,
         validate_every=settings.validate_every,
         stop_after=args.stop_after,
+        loader_workers=args.loader_workers,
         log_params={  # the log's params.yaml: what this run started from
             "init": {k: "none" if v is None else str(v) for k, v in init.items()},
             "objects": len(dataset),

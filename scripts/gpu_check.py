@@ -214,7 +214,7 @@ def check_training(params, steps: int, objects: int, mixed_precision: str = "bf1
 
 
 def check_sampling(model, params) -> dict:
-    from ouroboros3d.model import sample, sample_kwargs
+    from ouroboros3d.sampling import sample, sample_kwargs
 
     item = synthetic_dataset(params, 1)[0]
     device = next(model.parameters()).device

@@ -1,5 +1,7 @@
 """The ccm stage and the PyTorch dataset over the documented folder layout."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 
 from ouroboros3d.config import params_from_dict
 from ouroboros3d.data import MultiViewDataset, layout, render_dataset, write_ccms
+from ouroboros3d.data.dataset import ITEM_KEYS, collate
 from ouroboros3d.geometry.cameras import plucker_rays
 from ouroboros3d.geometry.ccm import CCMNormalization, depth_to_ccm
 
@@ -95,3 +98,29 @@ def test_dataset_opens_renders_without_a_ccm_stage_and_rejects_empty_folders(ren
     torch.testing.assert_close(from_depth["ccm"], from_file["ccm"], atol=5e-4, rtol=0)
     with pytest.raises(FileNotFoundError, match="no rendered objects"):
         MultiViewDataset(tmp_path)
+
+
+def test_an_item_of_some_keys_reads_and_computes_only_what_they_need(rendered, tmp_path):
+    write_ccms(rendered / "renders", rendered / "ccm", splits=("train",), progress=False)
+    shutil.copytree(rendered / "renders/train", tmp_path / "train")
+    data = MultiViewDataset(tmp_path / "train", rendered / "ccm/train")
+    whole = data[1]
+    assert list(whole) == list(ITEM_KEYS)  # the documented keys, in their order
+    (tmp_path / "train/folder-box0" / layout.DEPTH_FILE).unlink()  # training's keys do not need it
+    keys = ("views", "alpha", "K", "c2w", "input_view")
+    part = data.item(1, keys)
+    assert list(part) == [k for k in ITEM_KEYS if k in keys]
+    assert all(torch.equal(part[k], whole[k]) for k in keys)
+    rays = data.item(1, ("plucker",))  # the rays need the cameras and the image size alone
+    assert list(rays) == ["plucker"] and torch.equal(rays["plucker"], whole["plucker"])
+    assert torch.equal(data.item(1, ("ccm",))["ccm"], whole["ccm"])  # the CCM stage's file
+    with pytest.raises(layout.CorruptObjectError, match="folder-box0"):
+        data[1]  # the whole item reads the depth
+
+
+def test_collate_stacks_the_keys_it_is_given():
+    items = [{"a": torch.full((2, 3), float(i)), "b": torch.tensor([i]), "name": str(i)} for i in range(3)]
+    batch = collate(items, ("b", "a"))
+    assert list(batch) == ["b", "a"]
+    assert torch.equal(batch["a"], torch.stack([it["a"] for it in items]))
+    assert torch.equal(batch["b"], torch.tensor([[0], [1], [2]]))

@@ -2,7 +2,7 @@
 
 Each sample's draws (recolouring, sigma, noise, conditioning dropout) come from a generator of
 (seed, step, its index in the step's global batch) and the second-pass coin from (seed, step)
-(:func:`ouroboros3d.training.loop.step_draws`). The cheap tests check that in-process; the slow ones
+(:func:`ouroboros3d.training.batches.step_draws`). The cheap tests check that in-process; the slow ones
 run the tiny config under ``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml``
 (2 gloo CPU ranks): 2 ranks x batch 1 against 1 process x batch 2, and a 2-rank run killed with
 SIGKILL after a checkpoint, then resumed.
@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 
 from ouroboros3d.build import build_model
 from ouroboros3d.model import Draws, _noise_draws, recolour
-from ouroboros3d.training.loop import batch_indices, checkpoint_metadata, step_draws
+from ouroboros3d.training.batches import batch_indices, step_draws
+from ouroboros3d.training.state import checkpoint_metadata
 
 # 1 process x batch 2 against 2 gloo ranks x batch 1: the same arithmetic but for float rounding
 # (a batch of 2 against two batches of 1 in the convolutions, the all-reduce of the gradients).
@@ -195,13 +196,17 @@ def _log(out: Path) -> str:
     return (out / "launch.log").read_text()[-3000:]
 
 
-def _kill(launcher: subprocess.Popen, out: Path) -> None:
-    """SIGKILL the ranks (torchrun starts each in a session of its own), then the launcher."""
-    for path in out.glob("pid.*"):
+def _signal_ranks(out: Path, sig: int) -> None:
+    for path in out.glob("pid.*"):  # each rank wrote its pid as it started
         try:
-            os.kill(int(path.read_text()), signal.SIGKILL)
+            os.kill(int(path.read_text()), sig)
         except (ProcessLookupError, ValueError):
             pass
+
+
+def _kill(launcher: subprocess.Popen, out: Path) -> None:
+    """SIGKILL the ranks (torchrun starts each in a session of its own), then the launcher."""
+    _signal_ranks(out, signal.SIGKILL)
     if launcher.poll() is None:
         os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait(timeout=60)
@@ -209,11 +214,7 @@ def _kill(launcher: subprocess.Popen, out: Path) -> None:
 
 def _dump_and_kill(launcher: subprocess.Popen, out: Path) -> str:
     """A hung run: its ranks' stacks (SIGUSR1), its launcher's (SIGABRT), then nothing left running."""
-    for path in out.glob("pid.*"):
-        try:
-            os.kill(int(path.read_text()), signal.SIGUSR1)
-        except (ProcessLookupError, ValueError):
-            pass
+    _signal_ranks(out, signal.SIGUSR1)
     time.sleep(2)
     if launcher.poll() is None:
         launcher.send_signal(signal.SIGABRT)

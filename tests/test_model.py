@@ -6,7 +6,8 @@ from conftest import synthetic_batch, tiny_params
 
 from ouroboros3d.build import build_model
 from ouroboros3d.diffusion import edm
-from ouroboros3d.model import Ouroboros3D, feedback_window, guidance_scales, initial_noise, sample
+from ouroboros3d.model import Ouroboros3D
+from ouroboros3d.sampling import feedback_window, guidance_scales, initial_noise, sample
 
 
 def _model(**changes) -> tuple[Ouroboros3D, object]:

@@ -12,7 +12,8 @@ from conftest import SyntheticDataset, synthetic_batch, tiny_params
 from ouroboros3d.build import InitError, build_model, initialise, training_fingerprint
 from ouroboros3d.config import ParamsError, load_params
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
-from ouroboros3d.model import recolour, sample, sample_kwargs
+from ouroboros3d.model import recolour
+from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import _lr_factor, train
 from ouroboros3d.training.tracking import read_curves, read_metrics
 from ouroboros3d.training.validation import reconstruction_scores, validation_scores
@@ -188,7 +189,7 @@ def test_params_read_as_yaml_1_2_as_dvc_writes_them(tmp_path):
 
 
 def test_ema_warms_up_and_skips_frozen_parameters():
-    from ouroboros3d.training.loop import EMA
+    from ouroboros3d.training.state import EMA
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     net[1].requires_grad_(False)

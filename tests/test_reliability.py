@@ -1,9 +1,11 @@
 """What a failed or concurrent training run leaves (issue 19): no log folder from a run that
-failed at its start, one run per checkpoint folder (a lock that a dead owner does not hold),
-and progress that a log file can hold (plain lines, not a carriage return per step)."""
+failed at its start, one run per checkpoint folder (a lock that a dead owner does not hold, nor
+its loader workers), a damaged file's own one-line error from a loader worker, and progress that
+a log file can hold (plain lines, not a carriage return per step)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -18,8 +20,10 @@ from conftest import CHILD_ENV, SyntheticDataset, tiny_params
 
 from ouroboros3d import progress
 from ouroboros3d.build import build_model
+from ouroboros3d.data.layout import CorruptObjectError
 from ouroboros3d.errors import UserError
-from ouroboros3d.training.loop import own_checkpoints, train
+from ouroboros3d.training.loop import train
+from ouroboros3d.training.state import own_checkpoints
 
 
 def _train(tmp_path, params, **kw):
@@ -70,6 +74,78 @@ def test_one_run_owns_a_checkpoint_folder_and_a_dead_owner_holds_nothing(tmp_pat
     with own_checkpoints(folder), pytest.raises(UserError):  # and the finished run released it
         with own_checkpoints(folder):
             pass
+
+
+# a run that holds its checkpoint folder and has a loader worker busy reading (a read that never ends)
+LOADING_RUN = """
+import multiprocessing, sys, time
+from pathlib import Path
+
+import torch
+
+from ouroboros3d.training.batches import BATCH_KEYS, training_batches
+from ouroboros3d.training.state import own_checkpoints
+
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        if i:
+            time.sleep(600)
+        return {k: torch.zeros(1) for k in BATCH_KEYS}
+
+
+with own_checkpoints(Path(sys.argv[1])):
+    batches = training_batches(Items(), lambda step, seed: [min(step, 1)], 0, range(10), [0], "cpu", workers=1)
+    next(batches)
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in "ZX"  # not a zombie: its process state
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
+def test_a_killed_runs_loader_workers_hold_no_checkpoint_lock(tmp_path):
+    folder = tmp_path / "ckpt"
+    run = subprocess.Popen(
+        [sys.executable, "-c", LOADING_RUN, str(folder)], stdout=subprocess.PIPE, text=True, env=os.environ | CHILD_ENV
+    )
+    workers: list[int] = []
+    try:
+        workers = [int(pid) for pid in run.stdout.readline().split()]
+        assert len(workers) == 1
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+        with own_checkpoints(folder):  # at once: the worker, forked while the run held the lock, holds nothing
+            assert _running(workers[0])  # though it still runs (torch's watchdog ends it at its next look)
+    finally:
+        for pid in [run.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait(timeout=60)
+
+
+class _Damaged(SyntheticDataset):
+    def __getitem__(self, i):
+        raise CorruptObjectError(f"rendered object '{i}': a file in {i} cannot be read (truncated); re-render it")
+
+
+def test_a_file_damaged_during_training_stops_it_with_its_own_error(tmp_path):
+    # read in a loader worker, raised in the training process as it was raised: one line, no traceback
+    params = tiny_params()
+    with pytest.raises(CorruptObjectError) as error:
+        _train(tmp_path, params, dataset=_Damaged(params))
+    assert str(error.value).endswith("cannot be read (truncated); re-render it")
+    assert str(error.value).startswith("rendered object '") and "\n" not in str(error.value)
 
 
 def test_progress_in_a_log_is_plain_lines_a_minute_apart():

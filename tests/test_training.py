@@ -12,16 +12,9 @@ from safetensors.torch import load_file
 from ouroboros3d.build import build_model, training_fingerprint
 from ouroboros3d.errors import UserError
 from ouroboros3d.evaluation.perceptual import WeightsUnavailable, load_lpips
-from ouroboros3d.training.loop import (
-    EMA,
-    batch_indices,
-    batch_plan,
-    checkpoint_metadata,
-    load_training_state,
-    lr_schedule,
-    save_training_state,
-    train,
-)
+from ouroboros3d.training.batches import BATCH_KEYS, batch_indices, batch_plan, training_batches
+from ouroboros3d.training.loop import lr_schedule, train
+from ouroboros3d.training.state import EMA, checkpoint_metadata, load_training_state, save_training_state
 from ouroboros3d.training.tracking import read_curves
 
 
@@ -89,6 +82,33 @@ def test_real_share_fixes_each_batchs_mix_and_visits_every_real_object_reproduci
     objects.object_ids = objects.object_ids[:20]
     with pytest.raises(UserError, match=r"real_share 0\.5 asks for 2 real objects per batch, but the training split"):
         batch_plan(objects, 4, 0.5)
+
+
+def test_the_loader_reads_each_ranks_share_of_each_step_as_planned():
+    params = tiny_params()
+    dataset = SyntheticDataset(params, size=5)
+    plan = batch_plan(dataset, 4, 0.5)
+    steps = range(3, 7)
+    rng = torch.get_rng_state()
+    for workers, rank in itertools.product((0, 2), (0, 1)):
+        positions = range(rank, 4, 2)  # rank r of 2: positions r, r + 2 of the global batch of 4
+        batches = list(training_batches(dataset, plan, 0, steps, positions, "cpu", workers))
+        assert len(batches) == len(steps)
+        for step, batch in zip(steps, batches, strict=True):
+            indices = [plan(step, 0)[j] for j in positions]
+            assert list(batch) == list(BATCH_KEYS)
+            for k in BATCH_KEYS:
+                assert torch.equal(batch[k], torch.stack([dataset[i][k] for i in indices])), (workers, rank, step, k)
+    assert torch.equal(torch.get_rng_state(), rng)  # the loader drew nothing from the global generator
+
+
+def test_the_number_of_loader_workers_changes_no_number(tmp_path):
+    params = tiny_params(train={"steps": 3, "checkpoint_every": 3})
+    in_process, _ = _run(params, tmp_path, "in-process", loader_workers=0)
+    two_workers, _ = _run(params, tmp_path, "two-workers", loader_workers=2)
+    a, b = _state(in_process), _state(two_workers)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):

@@ -27,8 +27,8 @@ from .sections import (
 __all__ = ["FEEDBACK_MAPS", "SEED_LIMIT", "VARIANT_KEYS", "VARIANT_SWITCHES", "Params"]
 
 FEEDBACK_MAPS = ("ccm", "rgb")
-# params.seed: the training derives torch seeds from it as ``seed * 791_923_757 + ...``
-# (ouroboros3d.training.loop), which torch.Generator.manual_seed needs in [-2**63, 2**64)
+# params.seed: the training derives torch seeds from it, e.g. ``seed * 1_000_003 + step + 1``
+# (ouroboros3d.training.batches), which torch.Generator.manual_seed needs in [-2**63, 2**64)
 SEED_LIMIT = 2**32
 
 # top-level params a `variants:` block may override (the rest describe data, sampling, evaluation)

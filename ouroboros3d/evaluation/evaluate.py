@@ -28,11 +28,12 @@ import torch
 
 from ..config import Params
 from ..data import layout
+from ..data.dataset import collate
 from ..data.sources import SourceUnavailableError
 from ..files import atomic_write_bytes, atomic_write_text
 from ..gaussians.meshing import MeshError, gaussians_to_mesh
-from ..model import sample
 from ..progress import bar as progress_bar
+from ..sampling import sample
 from . import metrics
 
 __all__ = [
@@ -83,9 +84,11 @@ class Evaluator:
 
     def mesh_geometry(self, gaussians, object_id: str, gt: np.ndarray) -> dict:
         """Mesh Chamfer/F-score and volume IoU of one object's Gaussians (protocol: ouroboros3d.evaluation.metrics)."""
-        ev = self.params.evaluation
+        ev, cam = self.params.evaluation, self.params.camera
         try:
-            mesh = gaussians_to_mesh(gaussians, resolution=64, num_cameras=16, image_size=64)
+            mesh = gaussians_to_mesh(
+                gaussians, resolution=64, num_cameras=16, image_size=64, radius=cam.radius, fov_deg=cam.fov_deg
+            )
         except MeshError:  # nothing rendered: no surface
             return self.geometry(np.zeros((0, 3)), gt, "mesh_") | {"volume_iou": 0.0}
         seed = metrics.object_seed(self.params.seed, object_id, "gt_points")
@@ -108,7 +111,7 @@ class Evaluator:
 
     def run_batch(self, items: list[dict], on_progress=None) -> list[dict]:
         dev = self.device
-        stack = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("input_view", "views", "depth", "K", "c2w")}
+        stack = {k: v.to(dev) for k, v in collate(items, ("input_view", "views", "depth", "K", "c2w")).items()}
         _, v, _, h, w = stack["views"].shape
         seeds = [metrics.object_seed(self.params.seed, it["object_id"]) for it in items]
         gts = [self.gt_points(it) for it in items]

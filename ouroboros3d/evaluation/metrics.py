@@ -146,11 +146,22 @@ def exclude_input_view(x: torch.Tensor) -> torch.Tensor:
     return x[:, keep]
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of (N, 3, H, W) images in [0, 1]."""
+def psnr(pred: torch.Tensor, target: torch.Tensor, *, min_mse: float | None = None) -> torch.Tensor:
+    """Per-image PSNR (dB) of images in [0, 1]: (..., 3, H, W) -> (...).
+
+    Two arithmetics, each the one its numbers were made with, to the bit:
+
+    * ``min_mse=None``, the protocol's (this module's docstring): torchmetrics' PSNR, data range 1,
+      in float32; a perfect prediction scores inf.
+    * ``min_mse`` a number, the validation scores' (:mod:`ouroboros3d.training.validation`):
+      ``-10 log10(max(mse, min_mse))`` of ``pred`` clamped to [0, 1], in the inputs' dtype.
+    """
+    if min_mse is not None:
+        mse = ((pred.clamp(0, 1) - target) ** 2).flatten(-3).mean(-1).clamp_min(min_mse)
+        return -10 * torch.log10(mse)
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    return peak_signal_noise_ratio(pred.float(), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return peak_signal_noise_ratio(pred.float(), target.float(), data_range=1.0, reduction="none", dim=(-3, -2, -1))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -47,9 +47,10 @@ from ..config import Params
 from ..errors import GenerationError
 from ..files import atomic_write_text
 from ..gaussians.container import Gaussians
-from ..model import Reconstruction, StepRecord, sample, sample_kwargs
+from ..model import Reconstruction
 from ..models.denoiser import MultiViewDenoiser
 from ..models.reconstructor import Reconstructor
+from ..sampling import StepRecord, sample, sample_kwargs
 from .images import PreparedImage, prepare_image, target_fill
 from .model_card import model_card
 from .model_folder import (

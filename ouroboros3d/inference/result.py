@@ -15,7 +15,7 @@ import torch
 
 from ..config import Params
 from ..gaussians.container import Gaussians
-from ..model import StepRecord
+from ..sampling import StepRecord
 from .images import PreparedImage
 
 __all__ = ["GenerationResult", "GenerationSettings", "InputSettings"]

@@ -10,6 +10,11 @@ evaluation's protocol) of:
 * ``copy_input_psnr`` and ``white_psnr``: the trivial baselines on the same objects;
 * ``recon_psnr`` (:func:`reconstruction_scores`, for G's pretraining): G's renders from the
   ground-truth views, the ceiling of every 3D column.
+
+Each is the mean over objects of the object's mean over views of
+:func:`ouroboros3d.evaluation.metrics.psnr` in its validation arithmetic (the MSE floored at
+:data:`MIN_MSE`, the prediction clamped to [0, 1]): within rounding of the evaluation's PSNR,
+but not its bits.
 """
 
 from __future__ import annotations
@@ -18,19 +23,27 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..model import Ouroboros3D, sample
+from ..data.dataset import collate
+from ..evaluation.metrics import psnr
+from ..model import Ouroboros3D
+from ..sampling import sample
 
-__all__ = ["psnr", "reconstruction_scores", "stack_items", "validation_scores"]
+__all__ = ["reconstruction_scores", "stack_items", "validation_scores"]
 
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-object PSNR (dB), the mean over views of per-image PSNR; (B, V, 3, H, W) in [0, 1] -> (B,)."""
-    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(2).mean(2).clamp_min(1e-10)
-    return (-10 * torch.log10(mse)).mean(1)
+# what the scores read of a dataset item
+VALIDATION_KEYS = ("views", "input_view", "K", "c2w")
+# the floor of a view's mean squared error: a perfect view scores 100 dB, not inf
+MIN_MSE = 1e-10
 
 
 def stack_items(items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([it[k] for it in items]) for k in ("views", "input_view", "K", "c2w")}
+    """The validation batch of dataset items (their :data:`VALIDATION_KEYS`)."""
+    return collate(items, VALIDATION_KEYS)
+
+
+def _mean_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """The mean over objects of each object's mean over views of per-image PSNR; (B, V, 3, H, W) in [0, 1]."""
+    return psnr(pred, target, min_mse=MIN_MSE).mean(1).mean().item()
 
 
 @torch.no_grad()
@@ -39,7 +52,7 @@ def validation_scores(
 ) -> dict[str, float]:
     """Mean scores over the objects of ``batch`` (see the module docstring); the model is left as it was.
 
-    ``sample_kwargs`` are :func:`~ouroboros3d.model.sample_kwargs` of the params (the sampler
+    ``sample_kwargs`` are :func:`~ouroboros3d.sampling.sample_kwargs` of the params (the sampler
     the evaluation uses), ``seeds`` each object's noise seed. G stays out of the loop
     (``reconstruct="none"``): the scores are F's.
     """
@@ -52,16 +65,16 @@ def validation_scores(
     views = sample(*args, **plain).views
     model.train(was_training)
     return {
-        "x0_psnr": psnr(x0[:, 1:], target).mean().item(),
-        "mv_psnr": psnr(views[:, 1:], target).mean().item(),
+        "x0_psnr": _mean_psnr(x0[:, 1:], target),
+        "mv_psnr": _mean_psnr(views[:, 1:], target),
     } | _baselines(batch)
 
 
 def _baselines(batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
     target = batch["views"][:, 1:]
     return {
-        "copy_input_psnr": psnr(batch["input_view"][:, None].expand_as(target), target).mean().item(),
-        "white_psnr": psnr(torch.ones_like(target), target).mean().item(),
+        "copy_input_psnr": _mean_psnr(batch["input_view"][:, None].expand_as(target), target),
+        "white_psnr": _mean_psnr(torch.ones_like(target), target),
     }
 
 
@@ -72,4 +85,4 @@ def reconstruction_scores(model: Ouroboros3D, batch: Mapping[str, torch.Tensor])
     model.eval()
     recon = model.reconstruct(batch["views"], batch["K"], batch["c2w"], None)
     model.train(was_training)
-    return {"recon_psnr": psnr(recon.rgb[:, 1:], batch["views"][:, 1:]).mean().item()} | _baselines(batch)
+    return {"recon_psnr": _mean_psnr(recon.rgb[:, 1:], batch["views"][:, 1:])} | _baselines(batch)
