@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ouroboros3d.reporting.report import figures
+from ouroboros3d.reporting import figures
 
 
 def test_pick_steps_spreads_from_the_first_to_the_last_step():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import trimesh
 
-from ouroboros3d.evaluation.evaluate import metrics
+from ouroboros3d.evaluation import metrics
 from ouroboros3d.geometry.cameras import intrinsics
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from ouroboros3d.reporting.report import report as reporting
+from ouroboros3d.reporting import report as reporting
 
 
 def _frame(values):

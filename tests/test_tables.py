@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ouroboros3d.reporting.report import tables
+from ouroboros3d.reporting import tables
 
 
 def _run(name, *, start=0.0, joint=True, maps=("ccm", "rgb"), variant="main", psnr=20.0, summary=None):
