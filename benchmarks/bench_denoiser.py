@@ -10,14 +10,13 @@ Prints parameter counts per part and the median of ``--iters`` timed runs after 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import torch
 
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
-from ouroboros3d.build import denoiser_config
+from ouroboros3d.build import denoiser_kwargs
 from ouroboros3d.config import load_params
 from ouroboros3d.models.denoiser import MultiViewDenoiser, parameter_summary
 
@@ -44,11 +43,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    config = denoiser_config(load_params(args.params, preset=args.preset))
-    if config.image_encoder == "clip":  # the paper's CLIP needs local weights: time the UNet with a given token
-        config = dataclasses.replace(config, image_encoder="none")
-    model = MultiViewDenoiser(config).to(device)
-    b, v, c, s, img = args.batch, args.views, config.latent_channels, config.sample_size, config.image_size
+    kwargs = denoiser_kwargs(load_params(args.params, preset=args.preset))
+    if kwargs["image_encoder"] == "clip":  # the paper's CLIP needs local weights: time the UNet with a given token
+        kwargs["image_encoder"] = "none"
+    model = MultiViewDenoiser(**kwargs).to(device)
+    config = model.config
+    b, v, c, s = args.batch, args.views, config.latent_channels, config.sample_size
+    img = s * config.feedback_unshuffle  # the feedback maps' (image) resolution
     x = torch.randn(b, v, c, s, s, device=device)
     c_noise = torch.randn(b, device=device)
     cond = {

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-from .config import Params, to_plain
+from .config import FEEDBACK_MAPS, Params, to_plain
 from .errors import UserError
 from .files import check_state, file_sha256
 from .model import Ouroboros3D
+from .models.architecture import attention_flags
 
 __all__ = [
     "InitError",
@@ -31,23 +32,21 @@ __all__ = [
     "build_model",
     "build_reconstructor",
     "config_differences",
-    "denoiser_config",
+    "denoiser_kwargs",
     "initialise",
     "reconstructor_kwargs",
     "training_fingerprint",
 ]
 
 
-def denoiser_config(params: Params):
-    """F's architecture: ``model.denoiser`` with what follows from the rest of the params (the
-    latent space, the resolution, the ablation switches)."""
-    from .models.denoiser import DenoiserConfig
-
-    maps = tuple(m for m in ("ccm", "rgb") if m in params.feedback_maps) if params.feedback else ()
+def denoiser_kwargs(params: Params) -> dict[str, Any]:
+    """F's architecture, the keyword arguments of :class:`~ouroboros3d.models.denoiser.MultiViewDenoiser`:
+    ``model.denoiser`` with what follows from the rest of the params (the latent space, the
+    resolution, the ablation switches)."""
+    maps = tuple(m for m in FEEDBACK_MAPS if m in params.feedback_maps) if params.feedback else ()
     vae = params.model.latent == "vae"
     downscale = 8 if vae else 1
-    return DenoiserConfig(
-        **dataclasses.asdict(params.model.denoiser),
+    return dataclasses.asdict(params.model.denoiser) | dict(
         latent_channels=4 if vae else 3,
         sample_size=params.data.resolution // downscale,
         # feedback maps come at image resolution: unshuffle them down to the first UNet level
@@ -64,7 +63,7 @@ def build_model(params: Params) -> Ouroboros3D:
     autoencoder = (
         PixelAutoencoder() if params.model.latent == "pixel" else VAEAutoencoder.from_folder(params.model.vae_path)
     )
-    net = MultiViewDenoiser(denoiser_config(params))
+    net = MultiViewDenoiser(**denoiser_kwargs(params))
     return assemble_model(params, autoencoder, net, build_reconstructor(params))
 
 
@@ -89,21 +88,20 @@ def build_reconstructor(params: Params):
     return Reconstructor(**reconstructor_kwargs(params))
 
 
-def reconstructor_kwargs(params: Params) -> dict:
-    """The arguments :func:`build_reconstructor` gives :class:`~ouroboros3d.models.reconstructor.Reconstructor`."""
+def reconstructor_kwargs(params: Params) -> dict[str, Any]:
+    """G's architecture, the keyword arguments of :class:`~ouroboros3d.models.reconstructor.Reconstructor`:
+    ``model.reconstructor`` with what follows from the rest of the params (the output activations'
+    ranges keep G's defaults)."""
     r = params.model.reconstructor
-    return dict(
+    # the flags' default resolved here as G resolves it, so that these are the values G's config holds
+    down_attention, up_attention = attention_flags(
+        r.down_attention, r.up_attention, len(r.down_channels), len(r.up_channels)
+    )
+    return dataclasses.asdict(r) | dict(
+        down_attention=down_attention,
+        up_attention=up_attention,
         in_views=len(params.model.recon_views),
-        image_size=r.image_size,
         splat_size=r.splat_size,
-        down_channels=r.down_channels,
-        up_channels=r.up_channels,
-        layers_per_block=r.layers_per_block,
-        attention_head_dim=r.attention_head_dim,
-        down_attention=r.down_attention,
-        up_attention=r.up_attention,
-        mid_attention=r.mid_attention,
-        color_skip=r.color_skip,
         # always: a G pretrained on clean views (sigma = None) then loads into a jointly trained one
         timestep_conditioning=True,
     )

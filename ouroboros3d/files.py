@@ -4,6 +4,7 @@ the parts of the model saved the diffusers way (:class:`PretrainedMixin`)."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import secrets
@@ -126,8 +127,8 @@ class PretrainedMixin:
         """The part saved in a LOCAL folder by :meth:`save_pretrained`, in eval mode.
 
         Raises FileNotFoundError (no such folder or file), OSError (an unreadable config.json or
-        weights file) or ValueError (weights that do not fit the model its config.json builds, or
-        that hold NaN or infinite values).
+        weights file) or ValueError (a config key that is no argument of the class, weights that
+        do not fit the model its config.json builds, or that hold NaN or infinite values).
         """
         folder = Path(pretrained_model_name_or_path)
         folder = folder / subfolder if subfolder else folder
@@ -137,6 +138,14 @@ class PretrainedMixin:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{cls.__name__}: {folder / name} is missing")
         config = cls.load_config(str(folder), local_files_only=True)
+        # diffusers' from_config only warns of keys __init__ does not take and builds with its
+        # defaults instead: a config.json of other code would load as another network
+        arguments = inspect.signature(cls.__init__).parameters
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in arguments)
+        if unknown:
+            raise ValueError(
+                f"{folder / CONFIG_NAME}: unknown config keys {unknown} ({cls.__name__} takes no such argument)"
+            )
         weights = folder / WEIGHTS_NAME
         try:
             state = load_file(str(weights))

@@ -78,7 +78,7 @@ def test_missing_and_malformed_files_are_clear(tmp_path):
 def test_paper_preset_builds_table_1_shapes_and_lgm_sized_reconstructor_on_meta():
     import torch
 
-    from ouroboros3d.build import build_reconstructor, denoiser_config
+    from ouroboros3d.build import build_reconstructor, denoiser_kwargs
     from ouroboros3d.models.denoiser import MultiViewDenoiser
 
     raw = _raw()
@@ -86,10 +86,10 @@ def test_paper_preset_builds_table_1_shapes_and_lgm_sized_reconstructor_on_meta(
     # SVD's CLIP encoder loads only from a local folder this machine lacks: the CNN stands in
     raw["presets"]["paper"]["model"]["denoiser"]["image_encoder"] = "cnn"
     p = params_from_dict(raw)
-    cfg = denoiser_config(p)
-    assert (cfg.sample_size, cfg.feedback_unshuffle, cfg.latent_channels) == (64, 8, 4)
+    kwargs = denoiser_kwargs(p)
+    assert (kwargs["sample_size"], kwargs["feedback_unshuffle"], kwargs["latent_channels"]) == (64, 8, 4)
     with torch.device("meta"):
-        net = MultiViewDenoiser(cfg)
+        net = MultiViewDenoiser(**kwargs)
         features = net.feedback_networks["ccm"](torch.empty(1, 3, 512, 512))
         recon = build_reconstructor(p)
     assert [tuple(f.shape[1:]) for f in features] == [(320, 64, 64), (640, 32, 32), (1280, 16, 16), (1280, 8, 8)]

@@ -1,7 +1,7 @@
 """The multi-view denoiser: SVD's UNet, its exact forward, cameras, and feedback (eq. 10-12)."""
 
 import copy
-import dataclasses
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ import torch
 import ouroboros3d  # noqa: F401  (makes diffusers importable on CPU-only torch)
 from ouroboros3d.diffusion.edm import EDMPrecond
 from ouroboros3d.models.conditioning import ImageEncoder, harmonic_embedding
-from ouroboros3d.models.denoiser import DenoiserConfig, MultiViewDenoiser, parameter_summary
+from ouroboros3d.models.denoiser import MultiViewDenoiser, parameter_summary
 
 SVD_UNET_PARAMETERS = 1_524_623_082  # diffusers' default UNetSpatioTemporalConditionModel = SVD's UNet
 SVD_ARCHITECTURE_KEYS = (
@@ -28,7 +28,7 @@ SVD_ARCHITECTURE_KEYS = (
 
 # A tiny model with SVD's block layout (attention at levels 1-3, none at the lowest) and a
 # non-trivial unshuffle: 32² feedback maps -> 16² latent levels 16/8/4/2.
-TINY = DenoiserConfig(
+TINY = dict(
     latent_channels=3,
     sample_size=16,
     block_out_channels=(32, 32, 32, 32),
@@ -46,14 +46,16 @@ TINY = DenoiserConfig(
 B, V = 2, 3
 
 
-def make_inputs(config: DenoiserConfig, seed: int = 0, batch: int = B, views: int = V) -> dict:
+def make_inputs(config: Mapping, seed: int = 0, batch: int = B, views: int = V) -> dict:
+    """Inputs for a denoiser of this architecture (its keyword arguments, or its ``config``)."""
     g = torch.Generator().manual_seed(seed)
-    c, s, img = config.latent_channels, config.sample_size, config.image_size
+    c, s = config["latent_channels"], config["sample_size"]
+    img = s * config["feedback_unshuffle"]  # the feedback maps come at image resolution
     return {
         "x": torch.randn(batch, views, c, s, s, generator=g),
         "c_noise": torch.randn(batch, generator=g),
         "cond_latent": torch.randn(batch, c, s, s, generator=g),
-        "cond_embedding": torch.randn(batch, 1, config.cross_attention_dim, generator=g),
+        "cond_embedding": torch.randn(batch, 1, config["cross_attention_dim"], generator=g),
         "plucker": torch.randn(batch, views, 6, s, s, generator=g),
         "feedback": {m: torch.rand(batch, views, 3, img, img, generator=g) for m in ("ccm", "rgb")},
     }
@@ -88,7 +90,7 @@ def tiny() -> MultiViewDenoiser:
     """The tiny denoiser as if trained a little: its zero-initialised output conv perturbed
     (the feedback and camera zero convs stay zero: tests check that they start neutral)."""
     torch.manual_seed(0)
-    model = MultiViewDenoiser(TINY).eval()
+    model = MultiViewDenoiser(**TINY).eval()
     perturb_(model.unet.conv_out)
     return model
 
@@ -96,7 +98,7 @@ def tiny() -> MultiViewDenoiser:
 def test_an_untrained_denoiser_outputs_zero():
     """EDM's and ADM's zero-initialised output layer: D(x; sigma) = c_skip x before training."""
     torch.manual_seed(0)
-    model = MultiViewDenoiser(TINY).eval()
+    model = MultiViewDenoiser(**TINY).eval()
     with torch.no_grad():
         assert not run(model, make_inputs(TINY)).any()
 
@@ -109,7 +111,7 @@ def test_paper_preset_unet_is_svd_exactly():
 
     with torch.device("meta"):
         reference = UNetSpatioTemporalConditionModel()
-        model = MultiViewDenoiser(DenoiserConfig(image_encoder="none"))
+        model = MultiViewDenoiser(image_encoder="none")
     count = sum(p.numel() for p in reference.parameters())
     assert count == SVD_UNET_PARAMETERS
     summary = parameter_summary(model)
@@ -123,9 +125,9 @@ def test_paper_preset_unet_is_svd_exactly():
 
 
 def test_paper_forward_on_meta_matches_table_1():
-    config = DenoiserConfig(image_encoder="none")
     with torch.device("meta"):
-        model = MultiViewDenoiser(config)
+        model = MultiViewDenoiser(image_encoder="none")
+    config = model.config
     # diffusers' AlphaBlender makes its mix factor with torch.Tensor([...]), which ignores the
     # device context: move everything to meta explicitly.
     model = model.to("meta")
@@ -151,7 +153,7 @@ def test_paper_forward_on_meta_matches_table_1():
 def _preset_config(name: str, **model):
     from conftest import ROOT
 
-    from ouroboros3d.build import denoiser_config
+    from ouroboros3d.build import denoiser_kwargs
     from ouroboros3d.config import _deep_merge, params_from_dict, read_yaml
 
     raw = read_yaml((ROOT / "params.yaml").read_text()) | {"preset": name}
@@ -159,19 +161,20 @@ def _preset_config(name: str, **model):
         raw["presets"][name] = _deep_merge(raw["presets"][name] or {}, {"model": model})
     else:
         raw = _deep_merge(raw, {"model": model})
-    return denoiser_config(params_from_dict(raw))
+    return denoiser_kwargs(params_from_dict(raw))
 
 
 def test_presets_build_from_params_with_expected_sizes():
     with torch.device("meta"):
-        medium = parameter_summary(MultiViewDenoiser(_preset_config("gpu-medium")))
-        small = parameter_summary(MultiViewDenoiser(_preset_config("cpu-small")))
-        paper = parameter_summary(MultiViewDenoiser(_preset_config("paper", denoiser={"image_encoder": "none"})))
+        medium = parameter_summary(MultiViewDenoiser(**_preset_config("gpu-medium")))
+        small = parameter_summary(MultiViewDenoiser(**_preset_config("cpu-small")))
+        paper = parameter_summary(MultiViewDenoiser(**_preset_config("paper", denoiser={"image_encoder": "none"})))
     assert 50e6 <= medium["total"] <= 150e6
     assert 2e6 <= small["total"] <= 20e6
     assert paper["unet"] == SVD_UNET_PARAMETERS  # the paper preset of params.yaml is SVD's UNet exactly
     small_config = _preset_config("cpu-small")
-    assert small_config.image_size == 32 and small_config.down_block_types[0] == "DownBlockSpatioTemporal"
+    assert small_config["sample_size"] * small_config["feedback_unshuffle"] == 32
+    assert small_config["down_block_types"][0] == "DownBlockSpatioTemporal"
 
 
 def test_config_validation():
@@ -180,11 +183,11 @@ def test_config_validation():
     with pytest.raises(ParamsError, match=r"model\.denoiser\.num_attention_heads"):
         _preset_config("cpu-small", denoiser={"num_attention_heads": [1, 2]})
     with pytest.raises(ValueError, match="feedback_maps"):
-        DenoiserConfig(feedback_maps=("depth",))
+        MultiViewDenoiser(**TINY | {"feedback_maps": ("depth",)})
     with pytest.raises(ValueError, match="image_encoder"):
-        DenoiserConfig(image_encoder="dino")
-    with pytest.raises(ValueError, match="equal lengths"):
-        DenoiserConfig(num_attention_heads=(1, 2))
+        MultiViewDenoiser(**TINY | {"image_encoder": "dino"})
+    with pytest.raises(ValueError, match=r"num_attention_heads: needs one entry per level \(4\)"):
+        MultiViewDenoiser(**TINY | {"num_attention_heads": (1, 2)})
 
 
 # --- exactness against diffusers --------------------------------------------------------------
@@ -192,12 +195,12 @@ def test_config_validation():
 
 @pytest.mark.parametrize("sample_size", [16, 12])  # 12: odd lowest level, diffusers' forced upsample size
 def test_forward_equals_diffusers_forward_without_feedback(tiny, sample_size):
-    config = dataclasses.replace(TINY, sample_size=sample_size)
+    config = TINY | {"sample_size": sample_size}
     inputs = make_inputs(config)
     with torch.no_grad():
         ours = run(tiny, inputs, feedback=None)
         theirs = diffusers_forward(tiny, inputs)
-    assert ours.shape == (B, V, config.latent_channels, sample_size, sample_size)
+    assert ours.shape == (B, V, config["latent_channels"], sample_size, sample_size)
     assert torch.equal(ours, theirs)
 
 
@@ -266,7 +269,7 @@ def test_feedback_shape_mismatch_is_reported(tiny):
 
 
 def test_model_without_feedback_has_no_feedback_parameters():
-    model = MultiViewDenoiser(dataclasses.replace(TINY, feedback_maps=()))
+    model = MultiViewDenoiser(**TINY | {"feedback_maps": ()})
     assert len(model.feedback_networks) == 0
     assert not any("feedback" in name for name, _ in model.named_parameters())
     inputs = make_inputs(TINY)
@@ -274,7 +277,7 @@ def test_model_without_feedback_has_no_feedback_parameters():
         run(model, inputs)
     with torch.no_grad():
         assert torch.equal(run(model, inputs, feedback=None), run(model, inputs, feedback={}))
-    one = MultiViewDenoiser(dataclasses.replace(TINY, feedback_maps=("ccm",)))
+    one = MultiViewDenoiser(**TINY | {"feedback_maps": ("ccm",)})
     assert list(one.feedback_networks) == ["ccm"]
 
 
@@ -353,16 +356,16 @@ def test_image_encoder_cnn_shape_and_clip_needs_local_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-clip-here"):
         ImageEncoder("clip", dim=1024, clip_path=missing)
     with pytest.raises(FileNotFoundError, match="no local folder"):
-        MultiViewDenoiser(dataclasses.replace(TINY, image_encoder="clip"))
+        MultiViewDenoiser(**TINY | {"image_encoder": "clip"})
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        MultiViewDenoiser(TINY).load_pretrained_unet(missing)
+        MultiViewDenoiser(**TINY).load_pretrained_unet(missing)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     plain = copy.deepcopy(tiny).train()
     perturb_(plain.feedback_networks)
     perturb_(plain.camera)
-    checkpointed = MultiViewDenoiser(dataclasses.replace(TINY, gradient_checkpointing=True)).train()
+    checkpointed = MultiViewDenoiser(**TINY | {"gradient_checkpointing": True}).train()
     checkpointed.load_state_dict(plain.state_dict())
     assert checkpointed.unet.down_blocks[0].gradient_checkpointing
     inputs = make_inputs(TINY)
@@ -376,7 +379,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
 def test_cpu_small_preset_runs_with_feedback():
     torch.manual_seed(0)
     config = _preset_config("cpu-small")
-    model = MultiViewDenoiser(config).eval()
+    model = MultiViewDenoiser(**config).eval()
     inputs = make_inputs(config, batch=1, views=2)
     inputs["cond_embedding"] = model.encode_image(torch.rand(1, 3, 32, 32))
     with torch.no_grad():

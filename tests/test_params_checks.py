@@ -341,7 +341,7 @@ def test_reconstructor_widths_are_refused_exactly_when_the_reconstructor_cannot_
 
 
 def test_denoiser_widths_and_heads_are_refused_exactly_when_the_denoiser_cannot_run():
-    from ouroboros3d.models.denoiser import DenoiserConfig, MultiViewDenoiser
+    from ouroboros3d.models.denoiser import MultiViewDenoiser
 
     down, up = ("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"), ("UpBlockSpatioTemporal",)
     up += ("CrossAttnUpBlockSpatioTemporal",)
@@ -358,7 +358,7 @@ def test_denoiser_widths_and_heads_are_refused_exactly_when_the_denoiser_cannot_
         fields = {k: tuple(v) for k, v in d.items()}
         try:
             with torch.no_grad():
-                config = DenoiserConfig(
+                net = MultiViewDenoiser(
                     latent_channels=3,
                     sample_size=8,
                     image_encoder="none",
@@ -369,13 +369,12 @@ def test_denoiser_widths_and_heads_are_refused_exactly_when_the_denoiser_cannot_
                     camera_embed_dim=8,
                     **fields,
                 )
-                net = MultiViewDenoiser(config)
                 x = torch.randn(1, 2, 3, 8, 8)
                 net(
                     x,
                     torch.zeros(1),
                     cond_latent=x[:, 0],
-                    cond_embedding=torch.randn(1, 1, config.cross_attention_dim),
+                    cond_embedding=torch.randn(1, 1, net.config.cross_attention_dim),
                     plucker=torch.randn(1, 2, 6, 8, 8),
                 )
             works = True

@@ -13,7 +13,8 @@ bool is not an int, a string is not a number, ints fit in 64 bits and floats are
 and the combinations its code needs (e.g. UNet widths that GroupNorm and the attention
 heads divide), so an impossible model is refused here, not by a ZeroDivisionError later.
 
-The modules, each importing only those listed before it (and ``geometry``, ``errors``):
+The modules, each importing only those listed before it (and ``geometry``, ``errors`` and
+:mod:`ouroboros3d.models.architecture`, the networks' torch-free rules):
 
 * ``errors``: :class:`ParamsError` and the one check that raises it, naming the key;
 * ``conversion``: the generic layer, plain YAML data to typed dataclasses (``_build``);

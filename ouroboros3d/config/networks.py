@@ -1,10 +1,15 @@
 """The ``model`` section: the networks F (the multi-view denoiser) and G (the reconstructor).
 
-Their ``validate`` checks refuse, here, a model the network code could not build: UNet widths
-that GroupNorm's groups or the attention heads do not divide, block types diffusers does not
-have. The checks mirror the layers as :mod:`ouroboros3d.models.denoiser` and
-:mod:`ouroboros3d.models.reconstructor` build them; tests/test_params_checks.py compares the two,
-so they cannot drift apart.
+:class:`DenoiserParams` and :class:`ReconstructorParams` hold the architecture arguments of
+:class:`~ouroboros3d.models.denoiser.MultiViewDenoiser` and
+:class:`~ouroboros3d.models.reconstructor.Reconstructor` that params set, under the same names:
+:mod:`ouroboros3d.build` passes them on as keywords, with the values that follow from the rest
+of the params. Their ``validate`` checks refuse, here, a model the network code could not build.
+The rules the networks check themselves (one entry per level, ...) are
+:mod:`ouroboros3d.models.architecture`'s, run here with the key named; the rest only the params
+check: UNet widths that GroupNorm's groups or the attention heads do not divide, block types
+diffusers does not have. These mirror the layers as the networks build them;
+tests/test_params_checks.py compares the two, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..models import architecture
 from .errors import _check
 
 __all__ = [
@@ -39,9 +45,10 @@ SMALL_UP_BLOCKS = ("CrossAttnUpBlockSpatioTemporal",) * 3 + ("UpBlockSpatioTempo
 
 @dataclass(frozen=True)
 class DenoiserParams:
-    """Architecture of the multi-view denoiser F (ouroboros3d.models.denoiser.DenoiserConfig's fields
-    that params set; the latent channels, resolution and feedback maps follow from the rest of
-    the params). The defaults are ``cpu-small``'s: an 11M-parameter SVD-family UNet."""
+    """Architecture of the multi-view denoiser F: the keyword arguments of
+    ouroboros3d.models.denoiser.MultiViewDenoiser that params set (the latent channels,
+    resolution and feedback maps follow from the rest of the params). The defaults are
+    ``cpu-small``'s: an 11M-parameter SVD-family UNet (the network's own are SVD's)."""
 
     block_out_channels: tuple[int, ...] = (32, 64, 96, 128)
     down_block_types: tuple[str, ...] = SMALL_DOWN_BLOCKS
@@ -61,11 +68,18 @@ class DenoiserParams:
     gradient_checkpointing: bool = False
 
     def validate(self, key: str) -> None:
+        _architecture(
+            key,
+            architecture.check_denoiser,
+            block_out_channels=self.block_out_channels,
+            down_block_types=self.down_block_types,
+            up_block_types=self.up_block_types,
+            num_attention_heads=self.num_attention_heads,
+            added_time_ids=self.added_time_ids,
+            image_encoder=self.image_encoder,
+        )
         channels = self.block_out_channels
         n = len(channels)
-        _check(n >= 1, f"{key}.block_out_channels", "need at least one level")
-        for name in ("down_block_types", "up_block_types", "num_attention_heads"):
-            _check(len(getattr(self, name)) == n, f"{key}.{name}", f"needs one entry per level ({n})")
         for name, allowed in (("down_block_types", DENOISER_DOWN_BLOCKS), ("up_block_types", DENOISER_UP_BLOCKS)):
             bad = [t for t in getattr(self, name) if t not in allowed]
             _check(not bad, f"{key}.{name}", f"unknown block type(s) {bad}; choose from {list(allowed)}")
@@ -97,7 +111,6 @@ class DenoiserParams:
         ):
             value = getattr(self, name)
             _check(value >= low, f"{key}.{name}", f"must be >= {low}, got {value}")
-        _check(bool(self.added_time_ids), f"{key}.added_time_ids", "need at least one (SVD has 3)")
         _check(
             all(c >= 1 for c in self.image_encoder_channels),
             f"{key}.image_encoder_channels",
@@ -112,7 +125,10 @@ class DenoiserParams:
 
 @dataclass(frozen=True)
 class ReconstructorParams:
-    """Sizes of the LGM-style reconstructor G (see ouroboros3d.models.reconstructor).
+    """Sizes of the LGM-style reconstructor G: the keyword arguments of
+    ouroboros3d.models.reconstructor.Reconstructor that params set (the views, the splat size
+    and the timestep conditioning follow from the rest of the params; the output activations'
+    ranges keep the network's defaults).
 
     Its splat images have ``image_size * 2**(len(up_channels) - len(down_channels))`` pixels
     a side: one Gaussian per splat pixel per input view.
@@ -131,18 +147,11 @@ class ReconstructorParams:
     color_skip: bool = False
 
     def validate(self, key: str) -> None:
-        levels = len(self.down_channels)
-        for name, n in (("down_attention", levels), ("up_attention", len(self.up_channels))):
-            flags = getattr(self, name)
-            _check(flags is None or len(flags) == n, f"{key}.{name}", f"needs one flag per level ({n})")
+        levels, up_levels = len(self.down_channels), len(self.up_channels)
+        _architecture(key, architecture.attention_flags, self.down_attention, self.up_attention, levels, up_levels)
         _check(levels >= 2, f"{key}.down_channels", "need at least two levels")
-        _check(1 <= len(self.up_channels) <= levels, f"{key}.up_channels", f"need 1 to {levels} levels")
         _check(self.image_size >= 1, f"{key}.image_size", f"must be >= 1, got {self.image_size}")
-        _check(
-            self.image_size % 2 ** (levels - 1) == 0,
-            f"{key}.image_size",
-            f"must be divisible by {2 ** (levels - 1)} for {levels} levels, got {self.image_size}",
-        )
+        _architecture(key, architecture.check_levels, self.image_size, levels, up_levels)
         for name in ("down_channels", "up_channels"):
             widths = list(getattr(self, name))
             _check(all(c >= 1 for c in widths), f"{key}.{name}", f"widths must be >= 1, got {widths}")
@@ -170,8 +179,9 @@ class ReconstructorParams:
         that sets them: ``ouroboros3d.models.reconstructor.Reconstructor``'s layers, as it builds them
         (tests/test_params_checks.py holds the two in step)."""
         down, up, per_block = self.down_channels, self.up_channels, self.layers_per_block
-        down_attention = self.down_attention or (False,) * (len(down) - 1) + (True,)
-        up_attention = self.up_attention or (True,) + (False,) * (len(up) - 1)
+        down_attention, up_attention = architecture.attention_flags(
+            self.down_attention, self.up_attention, len(down), len(up)
+        )
         norms: list[tuple[str, int]] = []
         attentions: list[tuple[str, int]] = []
 
@@ -196,7 +206,16 @@ class ReconstructorParams:
 
     @property
     def splat_size(self) -> int:
-        return self.image_size // 2 ** (len(self.down_channels) - len(self.up_channels))
+        """Reconstructor's ``splat_size`` argument, which follows from the levels."""
+        return architecture.splat_size(self.image_size, len(self.down_channels), len(self.up_channels))
+
+
+def _architecture(key: str, rule, *args, **kwargs):
+    """``rule(...)``, an :mod:`ouroboros3d.models.architecture` check, with its error keyed under ``key``."""
+    try:
+        return rule(*args, **kwargs)
+    except architecture.ArchitectureError as e:
+        _check(False, f"{key}.{e.field}", e.reason)
 
 
 def _group_norm_groups(channels: int) -> int:

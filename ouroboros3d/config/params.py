@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..geometry.cameras import RenderSettings
+from ..models.architecture import FEEDBACK_MAPS  # the maps F has feedback networks for
 from .conversion import _build, _deep_merge
 from .errors import ParamsError, _check
 from .networks import ModelParams
@@ -26,7 +27,6 @@ from .sections import (
 
 __all__ = ["FEEDBACK_MAPS", "SEED_LIMIT", "VARIANT_KEYS", "VARIANT_SWITCHES", "Params"]
 
-FEEDBACK_MAPS = ("ccm", "rgb")
 # params.seed: the training derives torch seeds from it, e.g. ``seed * 1_000_003 + step + 1``
 # (ouroboros3d.training.batches), which torch.Generator.manual_seed needs in [-2**63, 2**64)
 SEED_LIMIT = 2**32

@@ -12,19 +12,19 @@ do not fit or are not finite, an unavailable device) is a one-line :class:`~ouro
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..build import config_differences, denoiser_config, reconstructor_kwargs
+from ..build import config_differences, denoiser_kwargs, reconstructor_kwargs
 from ..config import Params, ParamsError, params_from_resolved
 from ..errors import GenerationError, one_line
 from ..files import CONFIG_NAME, WEIGHTS_NAME, check_finite
 from ..models.denoiser import MultiViewDenoiser
-from ..models.reconstructor import Reconstructor, resolve_config
+from ..models.reconstructor import Reconstructor
 
 __all__ = [
     "CARD_FILE",
@@ -153,10 +153,8 @@ def _check_index(folder: Path, index: Any) -> None:
 
 def _check_configs(folder: Path, params: Params) -> None:
     """Each component's config.json describes the model params.json describes."""
-    expected = {
-        "denoiser": dataclasses.asdict(denoiser_config(params)),
-        "reconstructor": resolve_config(**reconstructor_kwargs(params)),
-    }
+    kwargs = {"denoiser": denoiser_kwargs(params), "reconstructor": reconstructor_kwargs(params)}
+    expected = {name: _defaults(COMPONENTS[name]) | kwargs[name] for name in COMPONENTS}
     for name in COMPONENTS:
         path = folder / name / CONFIG_NAME
         saved = read_json(path)
@@ -166,6 +164,13 @@ def _check_configs(folder: Path, params: Params) -> None:
         diffs = config_differences(saved, expected[name], where=f"in {PARAMS_FILE}")
         if diffs:
             raise GenerationError(f"{path} does not match this model's {PARAMS_FILE}: {'; '.join(diffs[:3])}")
+
+
+def _defaults(part: type) -> dict[str, Any]:
+    """The default arguments of a component's ``__init__``: what its config holds for those the
+    params do not set (``@register_to_config`` fills them in the same way)."""
+    parameters = inspect.signature(part.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def load_vae(folder: Path, params: Params):

@@ -21,7 +21,7 @@ layers are the cross-view attention. Around it we add, as the paper's implementa
   and 8, Table 1's resolutions.
 
 SVD's "added time ids" (fps, motion bucket, noise augmentation) are kept, so SVD's
-checkpoint loads unchanged, but fed a constant vector (``DenoiserConfig.added_time_ids``,
+checkpoint loads unchanged, but fed a constant vector (the ``added_time_ids`` argument,
 by default SVD's own inference defaults fps-1 = 6, motion bucket 127, augmentation 0.02):
 multi-view generation has no frame rate or motion, and with a constant input the
 add-embedding is only a learned bias.
@@ -34,30 +34,26 @@ no extra residuals); with no feedback and neutral cameras it reproduces
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import ConfigMixin, ModelMixin, UNetSpatioTemporalConditionModel
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..files import PretrainedMixin
+from .architecture import FEEDBACK_MAPS, check_denoiser
 from .conditioning import CameraEmbedding, ImageEncoder, require_folder
 from .feedback import FeedbackNetwork
 
 __all__ = [
     "FEEDBACK_MAPS",
-    "DenoiserConfig",
     "MultiViewDenoiser",
     "count_parameters",
     "parameter_summary",
 ]
-
-FEEDBACK_MAPS = ("ccm", "rgb")
-IMAGE_ENCODERS = ("cnn", "clip", "none")
 
 SVD_DOWN_BLOCKS = (
     "CrossAttnDownBlockSpatioTemporal",
@@ -73,160 +69,133 @@ SVD_UP_BLOCKS = (
 )
 
 
-# --- configuration -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DenoiserConfig:
-    """Plain sizes of :class:`MultiViewDenoiser`; the defaults are SVD's UNet (the ``paper`` preset).
-
-    Presets live in params.yaml (``model.denoiser``, read by :mod:`ouroboros3d.config` and
-    turned into this by :func:`ouroboros3d.build.denoiser_config`).
-
-    ``latent_channels`` is C of the denoised tensor (4 for SVD's VAE latents, 3 in pixel
-    space); the UNet takes ``2 C`` channels (noisy views + the input view's latent).
-    ``sample_size`` is the latent resolution h = w. Feedback maps come at image resolution
-    ``sample_size * feedback_unshuffle`` (512 = 64 x 8 in the paper).
-    """
-
-    latent_channels: int = 4
-    sample_size: int = 64
-    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
-    down_block_types: tuple[str, ...] = SVD_DOWN_BLOCKS
-    up_block_types: tuple[str, ...] = SVD_UP_BLOCKS
-    layers_per_block: int = 2
-    transformer_layers_per_block: int = 1
-    num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)
-    cross_attention_dim: int = 1024
-    addition_time_embed_dim: int = 256
-    added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
-    # "cnn": learned from scratch; "clip": frozen CLIPVisionModelWithProjection from a local
-    # folder (image_encoder_path); "none": the caller supplies cond_embedding itself.
-    image_encoder: str = "clip"
-    image_encoder_path: str | None = None
-    image_encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
-    feedback_maps: tuple[str, ...] = FEEDBACK_MAPS
-    feedback_unshuffle: int = 8
-    feedback_blocks_per_scale: int = 3
-    camera_frequencies: int = 6
-    camera_embed_dim: int = 128
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        # Sequences from params.yaml arrive as lists: store tuples so configs compare and hash.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
-        n = len(self.block_out_channels)
-        if not (len(self.down_block_types) == len(self.up_block_types) == len(self.num_attention_heads) == n):
-            raise ValueError("block_out_channels, down/up_block_types and num_attention_heads must have equal lengths")
-        bad = [m for m in self.feedback_maps if m not in FEEDBACK_MAPS]
-        if bad or len(set(self.feedback_maps)) != len(self.feedback_maps):
-            raise ValueError(f"feedback_maps must be distinct names from {FEEDBACK_MAPS}, got {self.feedback_maps}")
-        if self.image_encoder not in IMAGE_ENCODERS:
-            raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
-        if not self.added_time_ids:
-            raise ValueError("need at least one added time id (SVD has 3)")
-
-    @property
-    def image_size(self) -> int:
-        """Resolution of the feedback maps (and of the images in pixel space)."""
-        return self.sample_size * self.feedback_unshuffle
-
-
-# --- the denoiser ------------------------------------------------------------------------
-
-
 class MultiViewDenoiser(PretrainedMixin, ModelMixin, ConfigMixin):
     """``F(x; c_noise, conditioning)``: V views denoised jointly by SVD's UNet.
 
     Submodules: ``unet`` (a plain ``UNetSpatioTemporalConditionModel``, so SVD's weights
     load into it unchanged), ``camera`` (:class:`CameraEmbedding`), ``feedback_networks``
-    (a ModuleDict, one :class:`FeedbackNetwork` per name in ``config.feedback_maps``; empty
-    when built without feedback) and ``image_encoder`` (None for ``image_encoder="none"``;
-    a frozen CLIP's parameters have ``requires_grad=False``, so optimise only parameters
-    that require gradients).
+    (a ModuleDict, one :class:`FeedbackNetwork` per name in ``feedback_maps``; empty when
+    built without feedback) and ``image_encoder`` (None for ``image_encoder="none"``; a
+    frozen CLIP's parameters have ``requires_grad=False``, so optimise only parameters that
+    require gradients).
 
-    A diffusers model: built from a :class:`DenoiserConfig` (``MultiViewDenoiser(config)``)
-    or its fields as keywords; ``self.config`` is that config as diffusers' JSON-serialisable
-    dict and ``self.spec`` the :class:`DenoiserConfig`. ``save_pretrained`` writes the
-    trainable weights: a frozen CLIP is referenced by ``image_encoder_path``, not saved.
+    A diffusers model: the keyword arguments below are its architecture and, through
+    ``@register_to_config``, its ``self.config`` (sequences as tuples); ``from_config`` and
+    ``from_pretrained`` build it with ``cls(**config)``. The defaults are SVD's UNet (the
+    ``paper`` preset); params.yaml's ``model.denoiser`` reaches it through
+    :func:`ouroboros3d.build.denoiser_kwargs`. ``save_pretrained`` writes the trainable
+    weights: a frozen CLIP is referenced by ``image_encoder_path``, not saved.
+
+    Args:
+        latent_channels: C of the denoised tensor (4 for SVD's VAE latents, 3 in pixel
+            space); the UNet takes ``2 C`` channels (noisy views + the input view's latent).
+        sample_size: the latent resolution h = w.
+        block_out_channels, down_block_types, up_block_types, layers_per_block,
+            transformer_layers_per_block, num_attention_heads, cross_attention_dim,
+            addition_time_embed_dim: the UNet's, as diffusers names them (one entry per level).
+        added_time_ids: the constant vector SVD's added time ids get (module docstring).
+        image_encoder: "cnn" (learned from scratch), "clip" (a frozen
+            CLIPVisionModelWithProjection from the local folder ``image_encoder_path``) or
+            "none" (the caller supplies ``cond_embedding`` itself); ``image_encoder_channels``
+            are the CNN's widths.
+        feedback_maps: the fed-back maps that get a feedback network (any of "ccm", "rgb").
+        feedback_unshuffle: the maps come at image resolution ``sample_size *
+            feedback_unshuffle`` (512 = 64 x 8 in the paper) and are pixel-unshuffled by it.
+        feedback_blocks_per_scale: residual blocks per scale of each feedback network.
+        camera_frequencies, camera_embed_dim: the Plücker rays' harmonic embedding.
+        gradient_checkpointing: checkpoint the UNet's blocks (memory for compute).
+
+    Raises:
+        ValueError (:class:`~ouroboros3d.models.architecture.ArchitectureError`): levels of
+            unequal lengths, no added time id, an unknown image encoder or feedback map.
     """
 
-    def __init__(self, config: DenoiserConfig | None = None, **fields: Any):
+    @register_to_config
+    def __init__(
+        self,
+        *,
+        latent_channels: int = 4,
+        sample_size: int = 64,
+        block_out_channels: Sequence[int] = (320, 640, 1280, 1280),
+        down_block_types: Sequence[str] = SVD_DOWN_BLOCKS,
+        up_block_types: Sequence[str] = SVD_UP_BLOCKS,
+        layers_per_block: int = 2,
+        transformer_layers_per_block: int = 1,
+        num_attention_heads: Sequence[int] = (5, 10, 20, 20),
+        cross_attention_dim: int = 1024,
+        addition_time_embed_dim: int = 256,
+        added_time_ids: Sequence[float] = (6.0, 127.0, 0.02),
+        image_encoder: str = "clip",
+        image_encoder_path: str | None = None,
+        image_encoder_channels: Sequence[int] = (32, 64, 128, 256),
+        feedback_maps: Sequence[str] = FEEDBACK_MAPS,
+        feedback_unshuffle: int = 8,
+        feedback_blocks_per_scale: int = 3,
+        camera_frequencies: int = 6,
+        camera_embed_dim: int = 128,
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
-        if config is None:
-            config = DenoiserConfig(**fields)
-        elif fields:
-            raise TypeError("give a DenoiserConfig or its fields as keywords, not both")
-        self.register_to_config(**dataclasses.asdict(config))
-        self.spec = config
-        c = config.latent_channels
+        check_denoiser(
+            block_out_channels,
+            down_block_types,
+            up_block_types,
+            num_attention_heads,
+            added_time_ids,
+            image_encoder,
+            feedback_maps,
+        )
+        # params.yaml and config.json give lists: the config holds tuples, so that a denoiser's
+        # config compares equal however it was built (from params, from a saved folder)
+        self.register_to_config(
+            **{k: tuple(v) for k, v in self.config.items() if isinstance(v, list) and not k.startswith("_")}
+        )
+        c = latent_channels
         self.unet = UNetSpatioTemporalConditionModel(
-            sample_size=config.sample_size,
+            sample_size=sample_size,
             in_channels=2 * c,
             out_channels=c,
-            down_block_types=config.down_block_types,
-            up_block_types=config.up_block_types,
-            block_out_channels=config.block_out_channels,
-            addition_time_embed_dim=config.addition_time_embed_dim,
-            projection_class_embeddings_input_dim=config.addition_time_embed_dim * len(config.added_time_ids),
-            layers_per_block=config.layers_per_block,
-            cross_attention_dim=config.cross_attention_dim,
-            transformer_layers_per_block=config.transformer_layers_per_block,
-            num_attention_heads=config.num_attention_heads,
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            block_out_channels=tuple(block_out_channels),
+            addition_time_embed_dim=addition_time_embed_dim,
+            projection_class_embeddings_input_dim=addition_time_embed_dim * len(added_time_ids),
+            layers_per_block=layers_per_block,
+            cross_attention_dim=cross_attention_dim,
+            transformer_layers_per_block=transformer_layers_per_block,
+            num_attention_heads=tuple(num_attention_heads),
         )
         # the output conv starts at zero, as in EDM's and ADM's UNets: an untrained F outputs 0,
         # so D(x; sigma) = c_skip x starts as the best guess without the net (the data mean at
         # high noise) instead of random colour noise. A pretrained UNet's weights replace it.
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
-        if config.gradient_checkpointing:
+        if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.register_buffer("added_time_ids", torch.tensor(config.added_time_ids), persistent=False)
+        self.register_buffer("added_time_ids", torch.tensor(tuple(added_time_ids)), persistent=False)
 
-        ch = config.block_out_channels
+        ch = tuple(block_out_channels)
         n = len(ch)
         sites = {f"down{i}": ch[max(i - 1, 0)] for i in range(n)}  # input channels of down block i
         sites["mid"] = ch[-1]
         rev = list(reversed(ch))
         sites |= {f"up{i}": rev[max(i - 1, 0)] for i in range(n)}  # input channels of up block i
-        self.camera = CameraEmbedding(sites, config.camera_frequencies, config.camera_embed_dim)
+        self.camera = CameraEmbedding(sites, camera_frequencies, camera_embed_dim)
 
         self.feedback_networks = nn.ModuleDict(
-            {
-                name: FeedbackNetwork(3, config.feedback_unshuffle, ch, config.feedback_blocks_per_scale)
-                for name in config.feedback_maps
-            }
+            {name: FeedbackNetwork(3, feedback_unshuffle, ch, feedback_blocks_per_scale) for name in feedback_maps}
         )
 
         self.image_encoder = (
             None
-            if config.image_encoder == "none"
-            else ImageEncoder(
-                config.image_encoder,
-                config.cross_attention_dim,
-                config.image_encoder_channels,
-                config.image_encoder_path,
-            )
+            if image_encoder == "none"
+            else ImageEncoder(image_encoder, cross_attention_dim, tuple(image_encoder_channels), image_encoder_path)
         )
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], return_unused_kwargs: bool = False, **kwargs: Any):
-        """The denoiser a config dict (``self.config``, a saved ``config.json``) describes."""
-        fields = {f.name for f in dataclasses.fields(DenoiserConfig)}
-        values = {k: v for k, v in {**config, **kwargs}.items() if not k.startswith("_")}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
-        model = cls(DenoiserConfig(**values))
-        return (model, {}) if return_unused_kwargs else model
 
     def frozen_parts(self) -> dict[str, str]:
         """The frozen CLIP image encoder, loaded from ``image_encoder_path``: not saved."""
-        if self.spec.image_encoder == "clip":
-            return {"image_encoder.clip": str(self.spec.image_encoder_path)}
+        if self.config.image_encoder == "clip":
+            return {"image_encoder.clip": str(self.config.image_encoder_path)}
         return {}
 
     # -- conditioning helpers --

@@ -74,14 +74,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from ..files import PretrainedMixin
 from ..gaussians.container import Gaussians
+from .architecture import attention_flags, check_levels
+from .architecture import splat_size as splat_size_of
 from .reconstructor_blocks import Level, MultiViewAttention, group_norm
 
-__all__ = ["CLEAN_SIGMA", "RAW_CHANNELS", "Reconstructor", "activate_gaussians", "resolve_config", "splat_rays"]
+__all__ = ["CLEAN_SIGMA", "RAW_CHANNELS", "Reconstructor", "activate_gaussians", "splat_rays"]
 
 CLEAN_SIGMA = 0.002  # sigma used for clean input views (sigma=None): EDM's sigma_min
 PositionMode = Literal["ray", "box"]
@@ -143,54 +146,14 @@ def activate_gaussians(
     )
 
 
-def resolve_config(**kwargs) -> dict:
-    """:class:`Reconstructor`'s arguments (its defaults for those not given) checked and with the
-    defaults resolved: its ``config``. Raises ValueError for an impossible architecture."""
-    import inspect
-
-    signature = inspect.signature(Reconstructor.__init__)
-    unknown = sorted(set(kwargs) - set(signature.parameters) - {"self"})
-    if unknown:
-        raise TypeError(f"Reconstructor has no argument(s) {unknown}")
-    defaults = {k: p.default for k, p in signature.parameters.items() if k != "self"}
-    c = defaults | kwargs
-    down_channels, up_channels = tuple(c["down_channels"]), tuple(c["up_channels"])
-    down_attention, up_attention = c["down_attention"], c["up_attention"]
-    if down_attention is None:  # default: attention only at the lowest resolution
-        down_attention = (False,) * (len(down_channels) - 1) + (True,)
-    if up_attention is None:
-        up_attention = (True,) + (False,) * (len(up_channels) - 1)
-    if len(down_attention) != len(down_channels) or len(up_attention) != len(up_channels):
-        raise ValueError("down_attention/up_attention need one flag per level")
-    if not 1 <= len(up_channels) <= len(down_channels):
-        raise ValueError(f"need 1 <= len(up_channels) <= len(down_channels), got {up_channels}, {down_channels}")
-    image_size, splat_size, scale_range = c["image_size"], c["splat_size"], c["scale_range"]
-    expected = image_size * 2 ** (len(up_channels) - len(down_channels))
-    if splat_size != expected or image_size % 2 ** (len(down_channels) - 1):
-        raise ValueError(
-            f"with {len(down_channels)} down and {len(up_channels)} up levels a {image_size}² input "
-            f"gives {expected}² splats (and must be divisible by {2 ** (len(down_channels) - 1)}), "
-            f"not {splat_size}²"
-        )
-    if not 0 < scale_range[0] < scale_range[1]:
-        raise ValueError(f"scale_range must be 0 < min < max, got {scale_range}")
-    if c["position"] not in ("ray", "box"):
-        raise ValueError(f"position must be 'ray' or 'box', got {c['position']!r}")
-    return c | {
-        "down_channels": down_channels,
-        "up_channels": up_channels,
-        "down_attention": tuple(down_attention),
-        "up_attention": tuple(up_attention),
-        "scale_range": (float(scale_range[0]), float(scale_range[1])),
-    }
-
-
 class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
     """LGM-style U-Net: ``in_views`` posed views to ``in_views * splat_size**2`` Gaussians.
 
-    A diffusers model: ``self.config`` holds the arguments below with the defaults resolved
-    (JSON-serialisable); ``save_pretrained`` / ``from_pretrained`` write and read it with the
-    weights.
+    A diffusers model: the arguments below are its architecture and, through
+    ``@register_to_config``, its ``self.config`` (JSON-serialisable, with the attention flags'
+    default resolved and sequences as tuples); ``from_config`` and ``from_pretrained`` build it
+    with ``cls(**config)``. params.yaml's ``model.reconstructor`` reaches it through
+    :func:`ouroboros3d.build.reconstructor_kwargs`.
 
     Args:
         in_views: views per object (LGM and the paper: 4 of the 8 generated views).
@@ -198,7 +161,8 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
         splat_size: splat image resolution; must equal
             ``image_size * 2**(len(up_channels) - len(down_channels))``.
         down_channels, up_channels: widths of the U-Net levels (up is the decoder, deepest first).
-        down_attention, up_attention, mid_attention: which levels have multi-view attention.
+        down_attention, up_attention, mid_attention: which levels have multi-view attention
+            (None: the lowest resolution only).
         layers_per_block: residual blocks per down level (up levels get one more).
         attention_head_dim: channels per attention head.
         timestep_conditioning: add the c_noise embedding (Ouroboros3D); False gives plain LGM.
@@ -209,8 +173,13 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
         output_init_scale: the last conv's initial weights are multiplied by this, so that the
             first outputs sit near the activations' centres (small but non-zero, so that
             gradients reach every layer from the first step).
+
+    Raises:
+        ValueError: an architecture that cannot be built (the rules of
+            :mod:`ouroboros3d.models.architecture`, the splat size, the activation ranges).
     """
 
+    @register_to_config
     def __init__(
         self,
         in_views: int = 4,
@@ -232,31 +201,35 @@ class Reconstructor(PretrainedMixin, ModelMixin, ConfigMixin):
         color_skip: bool = False,
     ):
         super().__init__()
-        config = resolve_config(
-            in_views=in_views,
-            image_size=image_size,
-            splat_size=splat_size,
+        down_channels, up_channels = tuple(down_channels), tuple(up_channels)
+        down_attention, up_attention = attention_flags(
+            down_attention, up_attention, len(down_channels), len(up_channels)
+        )
+        check_levels(image_size, len(down_channels), len(up_channels))
+        # the rules params cannot break: they derive the splat size and keep the activations' defaults
+        expected = splat_size_of(image_size, len(down_channels), len(up_channels))
+        if splat_size != expected:
+            raise ValueError(
+                f"with {len(down_channels)} down and {len(up_channels)} up levels a {image_size}² input "
+                f"gives {expected}² splats, not {splat_size}²"
+            )
+        if not 0 < scale_range[0] < scale_range[1]:
+            raise ValueError(f"scale_range must be 0 < min < max, got {scale_range}")
+        if position not in ("ray", "box"):
+            raise ValueError(f"position must be 'ray' or 'box', got {position!r}")
+        scale_range = (float(scale_range[0]), float(scale_range[1]))
+        # the config holds the flags resolved, as tuples: a saved G keeps its attention layout even
+        # if the default changes, and a config from JSON compares equal to the one it was saved from
+        self.register_to_config(
             down_channels=down_channels,
             up_channels=up_channels,
             down_attention=down_attention,
             up_attention=up_attention,
-            mid_attention=mid_attention,
-            layers_per_block=layers_per_block,
-            attention_head_dim=attention_head_dim,
-            timestep_conditioning=timestep_conditioning,
-            ray_depth_bound=ray_depth_bound,
-            offset_bound=offset_bound,
             scale_range=scale_range,
-            output_init_scale=output_init_scale,
-            position=position,
-            color_skip=color_skip,
         )
-        self.register_to_config(**config)
-        down_channels, up_channels = config["down_channels"], config["up_channels"]
-        down_attention, up_attention = config["down_attention"], config["up_attention"]
         self.in_views, self.image_size, self.splat_size = in_views, image_size, splat_size
         self.ray_depth_bound, self.offset_bound, self.position = ray_depth_bound, offset_bound, position
-        self.scale_range = config["scale_range"]
+        self.scale_range = scale_range
         self.color_skip = color_skip
 
         self.time_features = down_channels[0]
