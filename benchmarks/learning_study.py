@@ -3,6 +3,7 @@
     python benchmarks/learning_study.py noise    [--steps 300] [--runs mixture regression]
     python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
+    python benchmarks/learning_study.py mean     [--model models/pretrain/denoiser] [--draws 4]
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
 
 Every number is on the validation split (objects neither trained on nor evaluated), through
@@ -10,6 +11,9 @@ Every number is on the validation split (objects neither trained on nor evaluate
 conditional mean), a full sample of plain multi-view diffusion (no G) and the trivial
 baselines. ``noise`` and ``size`` pretrain F from scratch with the params' ``pretrain.denoiser``
 settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed weights.
+``mean`` asks where the 1-step sample loses to copy-input: per object, in PSNR and in MSE,
+one noise draw against the average of ``--draws`` draws (each D(σ_max · noise) estimates the
+same conditional mean, so their spread is F's sensitivity to noise it should ignore).
 ``noise --runs`` re-runs only the named runs (a word of their label) and keeps the others' rows.
 The ``regression`` run is the issue's regression reference: the same network trained only at
 σ = σ_max, where the noisy input carries nothing and the EDM loss is plain MSE of D against
@@ -30,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -37,12 +42,12 @@ from ouroboros3d.build import build_model, initialise
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.diffusion import edm
-from ouroboros3d.evaluation.metrics import object_seed
+from ouroboros3d.evaluation.metrics import object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
-from ouroboros3d.sampling import sample_kwargs
+from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
-from ouroboros3d.training.validation import stack_items, validation_scores
+from ouroboros3d.training.validation import MIN_MSE, stack_items, validation_scores
 
 OUT = Path("results/study")
 # label -> pretrain settings changes: the pretraining's earlier setting, EDM2's pixel preset,
@@ -65,6 +70,8 @@ SAMPLING = [
     ("Euler 25, guidance 2.5 for σ in [0.3, 5]", (1.0, 2.5), (0.3, 5.0), "euler", 25),
     ("Heun 12, no guidance", (1.0, 1.0), None, "heun", 12),
     ("Heun 18, no guidance", (1.0, 1.0), None, "heun", 18),
+    ("EDM stochastic (churn) 10, no guidance", (1.0, 1.0), None, "euler_churn", 10),
+    ("EDM stochastic (churn) 25, no guidance", (1.0, 1.0), None, "euler_churn", 25),
 ]
 
 
@@ -120,6 +127,31 @@ def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every
     return pd.DataFrame(rows)
 
 
+def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
+    """Per val object: PSNR and MSE (non-input views) of copy-input, of the 1-step sample with
+    the object's own seed (the validation's ``x0_psnr``) and of the mean of ``draws`` of them."""
+    batch, seeds = val
+    kw = sample_kwargs(params.sample) | {"reconstruct": "none", "steps": 1, "guidance": (1.0, 1.0)}
+    args = (model, batch["input_view"], batch["K"], batch["c2w"])
+    with torch.no_grad():
+        x0 = [sample(*args, **kw, seeds=[s + 7919 * k for s in seeds]).views[:, 1:] for k in range(draws)]
+    target = batch["views"][:, 1:]
+    preds = {
+        "copy-input": batch["input_view"][:, None].expand_as(target),
+        "1-step sample": x0[0],
+        f"mean of {draws} 1-step samples": torch.stack(x0).mean(0),
+    }
+    rows = []
+    for name, pred in preds.items():
+        scores = psnr(pred, target, min_mse=MIN_MSE).mean(1)  # the validation's arithmetic
+        mse = ((pred.clamp(0, 1) - target) ** 2).mean(dim=(1, 2, 3, 4))
+        rows += [
+            {"prediction": name, "object": i, "psnr": s.item(), "mse": m.item()}
+            for i, (s, m) in enumerate(zip(scores, mse, strict=True))
+        ]
+    return pd.DataFrame(rows)
+
+
 def figure() -> None:
     import matplotlib
 
@@ -156,13 +188,14 @@ def figure() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("noise", "size", "sampling", "figure"))
+    parser.add_argument("part", choices=("noise", "size", "sampling", "mean", "figure"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data")
     parser.add_argument("--steps", type=int, default=300, help="noise: pretraining steps per run")
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
     parser.add_argument("--runs", nargs="*", help="noise: re-run only runs whose label contains one of these words")
-    parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling: the weights swept")
+    parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
+    parser.add_argument("--draws", type=int, default=4, help="mean: 1-step samples averaged per object")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.part == "figure":
@@ -190,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         forever = {"steps": 10**6}  # stopped by the wall clock
         runs = [("width (32, 64, 96, 128)", params, forever), ("width (32, 32, 64, 64)", half, forever)]
         _csv(pretrain_runs(params, runs, args.data, 100, args.seconds), OUT / "size.csv")
+    elif args.part == "mean":
+        torch.manual_seed(params.seed)
+        model = build_model(dataclasses.replace(params, feedback=False))
+        initialise(model, dataclasses.replace(params, feedback=False), args.model, None)
+        df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)
+        _csv(df, OUT / "mean.csv")
+        summary = df.groupby("prediction", sort=False).agg(psnr=("psnr", "mean"), mse=("mse", "mean"))
+        print(summary.assign(psnr_of_mean_mse=-10 * np.log10(summary["mse"])).to_string())
     else:
         torch.manual_seed(params.seed)
         model = build_model(dataclasses.replace(params, feedback=False))

@@ -75,3 +75,21 @@ def test_claims_pair_the_runs_per_object_and_say_when_one_is_missing(tmp_path):
     # the white baseline was not scored: no row for it
     assert not any("white" in r[1] for r in rows)
     assert rows[-1][2] == "-1.01 dB over 5 objects"
+
+
+def test_the_mean_study_reports_psnr_mse_and_wins_over_copy_input(tmp_path):
+    """Two objects: the 1-step sample wins one by far in MSE and loses the other, so its mean
+    PSNR and its PSNR of the mean MSE disagree, which is what the table is for."""
+    rows = [
+        ("copy-input", 0, 20.0, 0.01),
+        ("copy-input", 1, 30.0, 0.001),
+        ("1-step sample", 0, 25.0, 10**-2.5),
+        ("1-step sample", 1, 20.0, 0.01),
+    ]
+    (tmp_path / "study").mkdir()
+    pd.DataFrame(rows, columns=["prediction", "object", "psnr", "mse"]).to_csv(tmp_path / "study/mean.csv", index=False)
+    table = reporting._study_mean(tmp_path / "study/mean.csv")
+    # copy: mean PSNR 25, mean MSE 0.0055 -> 22.60 dB; sample: 22.5, (0.003162 + 0.01) / 2 -> 21.82 dB
+    assert "| copy-input | 25.00 | 22.60 | – |" in table
+    assert "| 1-step sample | 22.50 | 21.82 | 1 of 2 |" in table
+    assert "not run" in reporting._study_mean(tmp_path / "absent.csv")

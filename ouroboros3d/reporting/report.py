@@ -26,6 +26,7 @@ stage with one line naming the file and the stage that re-creates it (:class:`Re
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import re
 from pathlib import Path
@@ -356,7 +357,28 @@ def _study(results: Path) -> str:
             cells = [str(row[c]) if c == "step" else f"{row[c]:.2f}" for c in cols]
             lines.append(f"| {row[key]} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
+    parts.append(_study_mean(results / "study" / "mean.csv"))
     return "\n".join(parts)
+
+
+def _study_mean(path: Path) -> str:
+    """The ``mean`` part: per prediction, the mean over val objects of PSNR, the PSNR of the
+    mean MSE (what an MSE-trained F minimises), and the objects on which it beats copy-input."""
+    if not path.exists():
+        return "*mean: not run (`python benchmarks/learning_study.py mean`)*\n"
+    remedy = "re-create it with `python benchmarks/learning_study.py mean`"
+    df = read_csv_file(path, remedy, ("prediction",), ("object", "psnr", "mse"))
+    copy = df[df["prediction"] == "copy-input"].set_index("object")["psnr"]
+    lines = [
+        f"**mean** (`{path}`)",
+        "",
+        "| prediction | mean PSNR | PSNR of the mean MSE | objects above copy-input |",
+        "|---|---|---|---|",
+    ]
+    for name, g in df.groupby("prediction", sort=False):
+        wins = "–" if name == "copy-input" else f"{int((g.set_index('object')['psnr'] > copy).sum())} of {len(g)}"
+        lines.append(f"| {name} | {g['psnr'].mean():.2f} | {-10 * math.log10(g['mse'].mean()):.2f} | {wins} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_report(template: str, params: Params, results: Path) -> str:
