@@ -93,3 +93,14 @@ def test_the_mean_study_reports_psnr_mse_and_wins_over_copy_input(tmp_path):
     assert "| copy-input | 25.00 | 22.60 | – |" in table
     assert "| 1-step sample | 22.50 | 21.82 | 1 of 2 |" in table
     assert "not run" in reporting._study_mean(tmp_path / "absent.csv")
+
+
+def test_the_report_names_every_sampler_the_params_can_choose(params):
+    import dataclasses
+
+    from ouroboros3d.diffusion import edm
+
+    assert set(reporting.SAMPLER_NAMES) == set(edm.SAMPLERS)
+    for name in edm.SAMPLERS:
+        changed = dataclasses.replace(params, sample=dataclasses.replace(params.sample, sampler=name))
+        assert f"steps of {reporting.SAMPLER_NAMES[name]}," in reporting._setup(changed)

@@ -310,11 +310,15 @@ def _setup(params) -> str:
         f"- pretraining G (on ground-truth views, the LGM analogue): {_schedule(pre.reconstructor)}\n"
         f"- fine-tuning every Table 2 model from them: {_schedule(t)}, "
         f"LPIPS weight {t.lpips_weight}, second pass with probability {t.feedback_prob}\n"
-        f"- sampling: {s.steps} {s.sampler.capitalize()} steps, sigma {s.sigma_max} → {s.sigma_min}, "
+        f"- sampling: {s.steps} steps of {SAMPLER_NAMES[s.sampler]}, sigma {s.sigma_max} → {s.sigma_min}, "
         f"guidance {list(s.guidance)}" + (f" for σ in {list(s.guidance_sigmas)}" if s.guidance_sigmas else "") + "\n"
         f"- seed {params.seed}; ablation switches: feedback={params.feedback}, maps={list(params.feedback_maps)}, "
         f"joint={params.joint}; variants trained: {list(params.train_variants)}\n"
     )
+
+
+# params ``sample.sampler`` -> its name in the report's prose
+SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun", "euler_churn": "EDM's stochastic sampler (Euler, churn)"}
 
 
 def _learning(results: Path) -> str:
