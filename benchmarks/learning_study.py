@@ -88,6 +88,15 @@ def _val(params, data: str):
     return stack_items(items), [object_seed(params.seed, it["object_id"]) for it in items]
 
 
+def _pretrained_f(params, folder: str):
+    """F (plain multi-view diffusion, no feedback) with the weights of the model folder ``folder``."""
+    plain = dataclasses.replace(params, feedback=False)
+    torch.manual_seed(params.seed)
+    model = build_model(plain)
+    initialise(model, plain, folder, None)
+    return model
+
+
 def _scores(model, val, params, **kw) -> dict:
     """Scores with the params' sampler, overridden by ``kw`` (steps, guidance, sampler name, ...)."""
     if "sampler" in kw:
@@ -224,17 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("width (32, 64, 96, 128)", params, forever), ("width (32, 32, 64, 64)", half, forever)]
         _csv(pretrain_runs(params, runs, args.data, 100, args.seconds), OUT / "size.csv")
     elif args.part == "mean":
-        torch.manual_seed(params.seed)
-        model = build_model(dataclasses.replace(params, feedback=False))
-        initialise(model, dataclasses.replace(params, feedback=False), args.model, None)
+        model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)
         _csv(df, OUT / "mean.csv")
         summary = df.groupby("prediction", sort=False).agg(psnr=("psnr", "mean"), mse=("mse", "mean"))
         print(summary.assign(psnr_of_mean_mse=-10 * np.log10(summary["mse"])).to_string())
     else:
-        torch.manual_seed(params.seed)
-        model = build_model(dataclasses.replace(params, feedback=False))
-        initialise(model, dataclasses.replace(params, feedback=False), args.model, None)
+        model = _pretrained_f(params, args.model)
         batch = _val(params, args.data)
         rows = []
         for label, guidance, interval, sampler, steps in SAMPLING:
