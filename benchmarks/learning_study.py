@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
     parser.add_argument("--draws", type=int, default=4, help="mean: 1-step samples averaged per object")
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be >= 1, got {args.draws}")  # one line, exit 2
     params = load_params(args.params)
     if args.part == "figure":
         figure()
