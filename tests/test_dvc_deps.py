@@ -144,3 +144,19 @@ def test_the_committed_resolved_params_are_those_of_the_committed_params_yaml():
 
     committed = yaml.safe_load((ROOT / RESOLVED).read_text())
     assert committed == resolved_params(load_params(ROOT / "params.yaml")), "run `dvc repro resolve_params`"
+
+
+def test_the_stages_that_train_f_re_run_when_any_sampling_setting_changes():
+    """Their val curves sample with params ``sample`` (the sampler, its guidance, its feedback
+    window), and the model folder they write carries those settings to ``ouroboros3d generate``
+    and the generate_example stage: a new sampler must not leave them stale."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    before = _tracked_values(raw)
+    for key, value in (("sampler", "heun" if raw["sample"]["sampler"] != "heun" else "euler"), ("feedback_start", 0.5)):
+        edited = copy.deepcopy(raw)
+        edited["sample"][key] = value
+        after = _tracked_values(edited)
+        changed = {name for name in before if after[name] != before[name]}
+        trains_f = {"pretrain_denoiser", "train", *(f"train_variant@{v}" for v in raw["train_variants"])}
+        assert trains_f <= changed, f"sample.{key}: {sorted(trains_f - changed)} would go stale"
+        assert "pretrain_reconstructor" not in changed  # G's pretraining never samples
