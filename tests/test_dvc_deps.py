@@ -152,11 +152,11 @@ def test_the_stages_that_train_f_re_run_when_any_sampling_setting_changes():
     and the generate_example stage: a new sampler must not leave them stale."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     before = _tracked_values(raw)
+    trains_f = {"pretrain_denoiser", "train", *(f"train_variant@{v}" for v in raw["train_variants"])}
     for key, value in (("sampler", "heun" if raw["sample"]["sampler"] != "heun" else "euler"), ("feedback_start", 0.5)):
         edited = copy.deepcopy(raw)
         edited["sample"][key] = value
         after = _tracked_values(edited)
         changed = {name for name in before if after[name] != before[name]}
-        trains_f = {"pretrain_denoiser", "train", *(f"train_variant@{v}" for v in raw["train_variants"])}
         assert trains_f <= changed, f"sample.{key}: {sorted(trains_f - changed)} would go stale"
         assert "pretrain_reconstructor" not in changed  # G's pretraining never samples
