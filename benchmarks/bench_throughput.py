@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import platform
 import subprocess
@@ -40,6 +41,23 @@ from ouroboros3d.config import load_params
 from ouroboros3d.data.synthetic import synthetic_batch
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.batches import step_draws
+
+# cpu-small's F as issue 17 measured it (11.2 M parameters, until 2026-12-04): its fp32 step at the
+# first --batches size is the "today's" of the issue's 2x target, so a narrower F is timed against it
+ISSUE_17_DENOISER = {
+    "block_out_channels": (32, 64, 96, 128),
+    "num_attention_heads": (1, 2, 3, 4),
+    "image_encoder_channels": (16, 32, 64, 128),
+}
+
+
+def issue_17_params(params):
+    """``params`` with issue 17's F, or None where that is its F already or the preset is not cpu-small."""
+    denoiser = params.model.denoiser
+    if params.preset != "cpu-small" or all(getattr(denoiser, k) == v for k, v in ISSUE_17_DENOISER.items()):
+        return None
+    denoiser = dataclasses.replace(denoiser, **ISSUE_17_DENOISER)
+    return dataclasses.replace(params, model=dataclasses.replace(params.model, denoiser=denoiser))
 
 
 def cpu_matrix_units() -> list[str]:
@@ -163,8 +181,29 @@ def main() -> None:
     }
     print(
         f"F's training throughput: {out['denoiser_speedup']['factor']:.2f}x "
-        f"({out['denoiser_speedup']['best']} against {out['denoiser_speedup']['baseline']})"
+        f"({out['denoiser_speedup']['best']} against {out['denoiser_speedup']['baseline']}, the same F)"
     )
+    reference = issue_17_params(params)
+    if reference is not None:
+        torch.manual_seed(0)
+        reference_model = build_model(reference).train()
+        seconds = timed(training_step(reference_model, reference, "denoiser", base["batch"], "fp32"), args.iters)
+        rate = base["batch"] / seconds
+        out["issue_17_denoiser"] = {
+            # F's own parameters, as its pretraining saves them (no feedback networks)
+            "parameters": sum(
+                p.numel() for p in build_model(reference.for_pretraining("denoiser")).denoiser.parameters()
+            ),
+            "batch": base["batch"],
+            "fp32": {"seconds": round(seconds, 3), "objects_per_s": round(rate, 2)},
+            "factor": round(best_rate / rate, 2),
+        }
+        del reference_model
+        print(
+            f"issue 17's F ({out['issue_17_denoiser']['parameters'] / 1e6:.1f} M parameters), fp32 batch "
+            f"{base['batch']}: {seconds:.2f} s = {rate:.1f} obj/s; this F ({best_name}) runs "
+            f"{out['issue_17_denoiser']['factor']:.2f}x its objects per second"
+        )
 
     model.eval()
     batch = synthetic_batch(params, args.sample_batch, seed=2)
