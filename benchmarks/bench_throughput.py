@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ouroboros3d.build import build_model
 from ouroboros3d.config import load_params
 from ouroboros3d.data.synthetic import synthetic_batch
+from ouroboros3d.models.denoiser import parameter_summary
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.batches import step_draws
 
@@ -189,11 +190,10 @@ def main() -> None:
         reference_model = build_model(reference).train()
         seconds = timed(training_step(reference_model, reference, "denoiser", base["batch"], "fp32"), args.iters)
         rate = base["batch"] / seconds
+        parts = parameter_summary(reference_model.denoiser.net)
         out["issue_17_denoiser"] = {
             # F's own parameters, as its pretraining saves them (no feedback networks)
-            "parameters": sum(
-                p.numel() for p in build_model(reference.for_pretraining("denoiser")).denoiser.parameters()
-            ),
+            "parameters": parts["total"] - sum(n for part, n in parts.items() if part.startswith("feedback_")),
             "batch": base["batch"],
             "fp32": {"seconds": round(seconds, 3), "objects_per_s": round(rate, 2)},
             "factor": round(best_rate / rate, 2),
