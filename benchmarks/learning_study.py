@@ -2,6 +2,7 @@
 
     python benchmarks/learning_study.py noise    [--steps 300] [--runs mixture regression]
     python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
+    python benchmarks/learning_study.py mix      [--steps 750]   # the training mix, one lever per run
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
     python benchmarks/learning_study.py mean     [--model models/pretrain/denoiser] [--draws 4]
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
@@ -15,6 +16,11 @@ settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed 
 one noise draw against the average of ``--draws`` draws (each D(σ_max · noise) estimates the
 same conditional mean, so their spread is F's sensitivity to noise it should ignore).
 ``noise --runs`` re-runs only the named runs (a word of their label) and keeps the others' rows.
+``mix`` changes one data-mix lever per run against the published pretraining (whose own val
+curve is the reference: the same settings reproduce it bit for bit, so it is read, not re-run,
+when the published weights' training fingerprint is the params'): each run follows the
+published schedule (its ``steps``, so the same constant learning rate) and stops after
+``--steps``.
 The ``regression`` run is the issue's regression reference: the same network trained only at
 σ = σ_max, where the noisy input carries nothing and the EDM loss is plain MSE of D against
 the views: its 1-step score is the conditional mean learnt by regression (its sampled
@@ -38,12 +44,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ouroboros3d.build import build_model, initialise
+from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
+from ouroboros3d.data.render_stage import ORBIT_MARK
 from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.metrics import object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
+from ouroboros3d.inference.model_folder import read_checkpoint_params
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
@@ -73,6 +81,15 @@ SAMPLING = [
     ("EDM stochastic (churn) 10, no guidance", (1.0, 1.0), None, "euler_churn", 10),
     ("EDM stochastic (churn) 25, no guidance", (1.0, 1.0), None, "euler_churn", 25),
 ]
+# label -> (pretrain.denoiser changes, orbits kept per real training object; None: all rendered).
+# Keeping the first k orbits is exactly what rendering with data.train.real_orbits = k gives:
+# each orbit's elevation and azimuth are drawn from its own id (<object>~orbit<k>).
+MIX = {
+    "real share: the split's own (31%)": ({"real_share": None}, None),
+    "real share 0.75": ({"real_share": 0.75}, None),
+    "8 orbits per real object": ({}, 8),
+}
+PUBLISHED_LOG = Path("results/train/pretrain_denoiser")
 
 
 def _csv(df: pd.DataFrame, path: Path) -> None:
@@ -104,12 +121,30 @@ def _scores(model, val, params, **kw) -> dict:
     return validation_scores(model, *val, sample_kwargs(params.sample, **kw))
 
 
-def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every: int, seconds: float | None):
-    """Pretrain F from scratch once per (label, params, settings changes); val scores every ``every`` steps."""
+def first_orbits(object_ids: list[str], orbits: int) -> list[str]:
+    """The ids of a train split rendered with ``orbits`` orbits per real object instead of more."""
+    return [o for o in object_ids if ORBIT_MARK not in o or int(o.split(ORBIT_MARK)[1]) < orbits]
+
+
+def _train_set(data: str, params, orbits: int | None) -> MultiViewDataset:
+    """The train split, with only the first ``orbits`` orbits of each real object (None: all)."""
+    full = MultiViewDataset.for_split("train", data, params.ccm.normalization)
+    if orbits is None:
+        return full
+    return MultiViewDataset(
+        full.renders_dir, full.ccm_dir, params.ccm.normalization, first_orbits(full.object_ids, orbits)
+    )
+
+
+def pretrain_runs(
+    params, runs: list[tuple], data: str, every: int, seconds: float | None = None, stop_after: int | None = None
+):
+    """Pretrain F from scratch once per (label, params, settings changes[, real orbits kept]); val
+    scores every ``every`` steps; each run ends at its ``steps``, after ``seconds`` or after ``stop_after`` steps."""
     batch = _val(params, data)
-    train_set = MultiViewDataset.for_split("train", data, params.ccm.normalization)
     rows = []
-    for label, run_params, changes in runs:
+    for label, run_params, changes, *orbits in runs:
+        train_set = _train_set(data, run_params, orbits[0] if orbits else None)
         settings = dataclasses.replace(run_params.pretrain.denoiser, validate_every=every, **changes)
         torch.manual_seed(run_params.seed)
         model = build_model(dataclasses.replace(run_params, feedback=False))
@@ -117,14 +152,14 @@ def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every
         t0 = time.perf_counter()
         deadline = None if seconds is None else t0 + seconds
 
-        def stop_on_time(step, values, deadline=deadline):
-            if deadline is not None and time.perf_counter() > deadline:
+        def stop(step, values, deadline=deadline):
+            if (deadline is not None and time.perf_counter() > deadline) or (stop_after and step >= stop_after):
                 raise TimeoutError
 
         try:
             train(
                 model, train_set, settings, folder / "ckpt", folder / "log", seed=run_params.seed,
-                fingerprint=label, objective="denoiser", on_step=stop_on_time, validate_every=every,
+                fingerprint=label, objective="denoiser", on_step=stop, validate_every=every,
                 validate=lambda m, p=run_params: _scores(m, batch, p),
             )  # fmt: skip
         except TimeoutError:
@@ -134,6 +169,29 @@ def pretrain_runs(params, runs: list[tuple[str, object, dict]], data: str, every
         rows += [r | {"run": label, "parameters": params_count} for r in curve.to_dict("records")]
         print(f"{label}: {curve.iloc[-1].to_dict()} ({time.perf_counter() - t0:.0f} s)")
     return pd.DataFrame(rows)
+
+
+def data_mix(params, data: str, steps: int) -> pd.DataFrame:
+    """One data-mix lever per run (:data:`MIX`), each stopped after ``steps`` of the published
+    schedule, beside the published pretraining's own curve up to ``steps``."""
+    mix = params.pretrain.denoiser
+    reference = f"published: real share {mix.real_share}, {params.data.train.real_orbits} orbits per real object"
+    runs = [(label, params, changes, orbits) for label, (changes, orbits) in MIX.items()]
+    _, published = read_checkpoint_params(Path("models/pretrain/denoiser"))
+    same = _pretraining_fingerprint(published) == _pretraining_fingerprint(params)
+    if not same:  # params.yaml no longer describes the published F: its curve is no reference
+        runs.insert(0, (reference, params, {}, None))
+    df = pretrain_runs(params, runs, data, mix.validate_every, stop_after=steps)
+    if same:
+        curve = read_curves(PUBLISHED_LOG, "val")
+        count = sum(p.numel() for p in build_model(dataclasses.replace(params, feedback=False)).denoiser.parameters())
+        df = pd.concat([curve[curve["step"] <= steps].assign(run=reference, parameters=count), df])
+    return df
+
+
+def _pretraining_fingerprint(params) -> str:
+    pretraining = params.for_pretraining("denoiser")
+    return training_fingerprint(dataclasses.replace(pretraining, train=pretraining.pretrain.denoiser))
 
 
 def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
@@ -168,7 +226,7 @@ def figure() -> None:
     import matplotlib.pyplot as plt
 
     parts = {p.stem: pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))}
-    curves = [k for k in ("noise", "size") if k in parts]
+    curves = [k for k in ("noise", "size", "mix") if k in parts]
     fig, axes = plt.subplots(1, len(curves) + ("sampling" in parts), figsize=(5 * (len(curves) + 1), 3.8))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     for ax, part in zip(axes, curves, strict=False):
@@ -197,10 +255,14 @@ def figure() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("noise", "size", "sampling", "mean", "figure"))
+    parser.add_argument("part", choices=("noise", "size", "mix", "sampling", "mean", "figure"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data")
-    parser.add_argument("--steps", type=int, default=300, help="noise: pretraining steps per run")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="noise: pretraining steps per run (default 300); mix: steps before each run stops (default 750)",
+    )
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
     parser.add_argument("--runs", nargs="*", help="noise: re-run only runs whose label contains one of these words")
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
@@ -215,10 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "noise":
         pinned = {"p_mean": math.log(params.sample.sigma_max)}  # the regression run's
         chosen = [k for k in NOISE if not args.runs or any(w.lower() in k.lower() for w in args.runs)]
-        runs = [
-            (k, params, ({} if "p_mean" in NOISE[k] else pinned) | NOISE[k] | {"steps": args.steps}) for k in chosen
-        ]
-        df = pretrain_runs(params, runs, args.data, max(1, args.steps // 3), None)
+        steps = args.steps or 300
+        runs = [(k, params, ({} if "p_mean" in NOISE[k] else pinned) | NOISE[k] | {"steps": steps}) for k in chosen]
+        df = pretrain_runs(params, runs, args.data, max(1, steps // 3))
         path = OUT / "noise.csv"
         if path.exists():  # keep the runs not re-run, in NOISE's order
             old = pd.read_csv(path)
@@ -240,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("width (32, 64, 96, 128)", params, forever), ("width (32, 32, 64, 64)", half, forever)]
         # scored every 50 steps: the last score lands near the deadline
         _csv(pretrain_runs(params, runs, args.data, 50, args.seconds), OUT / "size.csv")
+    elif args.part == "mix":
+        _csv(data_mix(params, args.data, args.steps or 750), OUT / "mix.csv")
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)
