@@ -2,7 +2,7 @@
 
     python benchmarks/learning_study.py noise    [--steps 300] [--runs mixture regression]
     python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
-    python benchmarks/learning_study.py mix      [--steps 750]   # the training mix, one lever per run
+    python benchmarks/learning_study.py mix      [--steps 500] [--runs share]  # the data mix, one lever per run
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
     python benchmarks/learning_study.py mean     [--model models/pretrain/denoiser] [--draws 4]
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
@@ -16,11 +16,9 @@ settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed 
 one noise draw against the average of ``--draws`` draws (each D(σ_max · noise) estimates the
 same conditional mean, so their spread is F's sensitivity to noise it should ignore).
 ``noise --runs`` re-runs only the named runs (a word of their label) and keeps the others' rows.
-``mix`` changes one data-mix lever per run against the published pretraining (whose own val
-curve is the reference: the same settings reproduce it bit for bit, so it is read, not re-run,
-when the published weights' training fingerprint is the params'): each run follows the
-published schedule (its ``steps``, so the same constant learning rate) and stops after
-``--steps``.
+``mix`` changes one data-mix lever per run against the params' own mix, run beside them: each
+run follows the published schedule (its ``steps``, so the same constant learning rate) and
+stops after ``--steps``; ``mix --runs`` as ``noise --runs``.
 The ``regression`` run is the issue's regression reference: the same network trained only at
 σ = σ_max, where the noisy input carries nothing and the EDM loss is plain MSE of D against
 the views: its 1-step score is the conditional mean learnt by regression (its sampled
@@ -44,14 +42,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ouroboros3d.build import build_model, initialise, training_fingerprint
+from ouroboros3d.build import build_model, initialise
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.data.render_stage import ORBIT_MARK
 from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.metrics import object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
-from ouroboros3d.inference.model_folder import read_checkpoint_params
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
@@ -89,7 +86,20 @@ MIX = {
     "real share 0.75": ({"real_share": 0.75}, None),
     "8 orbits per real object": ({}, 8),
 }
-PUBLISHED_LOG = Path("results/train/pretrain_denoiser")
+
+
+def _chosen(labels: list[str], words: list[str] | None) -> list[str]:
+    """The labels holding one of ``words`` (all: no words)."""
+    return [k for k in labels if not words or any(w.lower() in k.lower() for w in words)]
+
+
+def _keep_others(df: pd.DataFrame, path: Path, labels: list[str]) -> None:
+    """Write ``df`` to ``path`` with the rows of the runs it did not re-run, in ``labels``' order."""
+    if path.exists():
+        old = pd.read_csv(path)
+        df = pd.concat([old[~old["run"].isin(df["run"])], df])
+        df = df.sort_values("run", key=lambda s: s.map(labels.index), kind="stable")
+    _csv(df, path)
 
 
 def _csv(df: pd.DataFrame, path: Path) -> None:
@@ -171,27 +181,20 @@ def pretrain_runs(
     return pd.DataFrame(rows)
 
 
-def data_mix(params, data: str, steps: int) -> pd.DataFrame:
-    """One data-mix lever per run (:data:`MIX`), each stopped after ``steps`` of the published
-    schedule, beside the published pretraining's own curve up to ``steps``."""
+def data_mix(params, data: str, steps: int, chosen: list[str]) -> pd.DataFrame:
+    """The ``chosen`` runs of :func:`mix_runs`, each stopped after ``steps`` of the published schedule."""
+    runs = [run for run in mix_runs(params) if run[0] in chosen]
+    return pretrain_runs(params, runs, data, params.pretrain.denoiser.validate_every, stop_after=steps)
+
+
+def mix_runs(params) -> list[tuple]:
+    """The params' own mix (the published pretraining's, re-run here: a curve made on another CPU
+    is no reference, float32 kernels differ and training amplifies it), then :data:`MIX`."""
     mix = params.pretrain.denoiser
-    reference = f"published: real share {mix.real_share}, {params.data.train.real_orbits} orbits per real object"
-    runs = [(label, params, changes, orbits) for label, (changes, orbits) in MIX.items()]
-    _, published = read_checkpoint_params(Path("models/pretrain/denoiser"))
-    same = _pretraining_fingerprint(published) == _pretraining_fingerprint(params)
-    if not same:  # params.yaml no longer describes the published F: its curve is no reference
-        runs.insert(0, (reference, params, {}, None))
-    df = pretrain_runs(params, runs, data, mix.validate_every, stop_after=steps)
-    if same:
-        curve = read_curves(PUBLISHED_LOG, "val")
-        count = sum(p.numel() for p in build_model(dataclasses.replace(params, feedback=False)).denoiser.parameters())
-        df = pd.concat([curve[curve["step"] <= steps].assign(run=reference, parameters=count), df])
-    return df
-
-
-def _pretraining_fingerprint(params) -> str:
-    pretraining = params.for_pretraining("denoiser")
-    return training_fingerprint(dataclasses.replace(pretraining, train=pretraining.pretrain.denoiser))
+    reference = f"params: real share {mix.real_share}, {params.data.train.real_orbits} orbits per real object"
+    return [(reference, params, {}, None)] + [
+        (label, params, changes, orbits) for label, (changes, orbits) in MIX.items()
+    ]
 
 
 def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
@@ -261,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps",
         type=int,
-        help="noise: pretraining steps per run (default 300); mix: steps before each run stops (default 750)",
+        help="noise: pretraining steps per run (default 300); mix: steps before each run stops (default 500)",
     )
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
-    parser.add_argument("--runs", nargs="*", help="noise: re-run only runs whose label contains one of these words")
+    parser.add_argument(
+        "--runs", nargs="*", help="noise, mix: re-run only runs whose label contains one of these words"
+    )
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
     parser.add_argument("--draws", type=int, default=4, help="mean: 1-step samples averaged per object")
     args = parser.parse_args(argv)
@@ -276,16 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.part == "noise":
         pinned = {"p_mean": math.log(params.sample.sigma_max)}  # the regression run's
-        chosen = [k for k in NOISE if not args.runs or any(w.lower() in k.lower() for w in args.runs)]
+        chosen = _chosen(list(NOISE), args.runs)
         steps = args.steps or 300
         runs = [(k, params, ({} if "p_mean" in NOISE[k] else pinned) | NOISE[k] | {"steps": steps}) for k in chosen]
-        df = pretrain_runs(params, runs, args.data, max(1, steps // 3))
-        path = OUT / "noise.csv"
-        if path.exists():  # keep the runs not re-run, in NOISE's order
-            old = pd.read_csv(path)
-            df = pd.concat([old[~old["run"].isin(chosen)], df])
-            df = df.sort_values("run", key=lambda s: s.map(list(NOISE).index), kind="stable")
-        _csv(df, path)
+        _keep_others(pretrain_runs(params, runs, args.data, max(1, steps // 3)), OUT / "noise.csv", list(NOISE))
     elif args.part == "size":
         # diffusers' ResNet blocks use GroupNorm(32): every width stays a multiple of 32; the
         # heads keep the default's 32 channels each
@@ -302,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         # scored every 50 steps: the last score lands near the deadline
         _csv(pretrain_runs(params, runs, args.data, 50, args.seconds), OUT / "size.csv")
     elif args.part == "mix":
-        _csv(data_mix(params, args.data, args.steps or 750), OUT / "mix.csv")
+        labels = [run[0] for run in mix_runs(params)]
+        _keep_others(
+            data_mix(params, args.data, args.steps or 500, _chosen(labels, args.runs)), OUT / "mix.csv", labels
+        )
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)
