@@ -23,7 +23,7 @@ venv: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-## pretrain: re-create the published pretrained F and G (models/pretrain/, about 70 minutes
+## pretrain: re-create the published pretrained F and G (models/pretrain/, about 75 minutes
 ## on 2 cores); the pretrain_* stages are frozen so that `make repro` starts from the committed weights
 pretrain: $(STAMP)
 	$(BIN)/dvc unfreeze pretrain_denoiser pretrain_reconstructor

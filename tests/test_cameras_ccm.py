@@ -191,3 +191,15 @@ def test_back_projection_is_float64_maths_rounded_once():
     assert np.array_equal(ours.numpy(), ref.astype(np.float32))  # bit-identical, not merely close
     # the cameras too: float64 trigonometry and look-at, rounded once
     assert cameras.orbit_c2w(30.0, 10.0, 2.2).dtype == torch.float32
+
+
+def test_rays_are_made_on_the_cameras_device(monkeypatch):
+    """The pixel grid is made on K's device (a CUDA run once failed here: the grid on the CPU
+    beside cameras on the GPU). Without a GPU: the grid's device argument, and the meta device."""
+    assert cameras.pixel_centers(4, 4, device="meta").device.type == "meta"
+    asked = []
+    make = cameras.pixel_centers
+    monkeypatch.setattr(cameras, "pixel_centers", lambda *a, **k: asked.append((a, k)) or make(*a, **k))
+    K, c2w = cameras.intrinsics(39.6, 8, 8).expand(2, 3, 3), cameras.orbit_c2w(AZIMUTHS[:2], 15.0, 2.2)
+    cameras.plucker_rays(K, c2w, 8, 8)
+    assert len(asked) == 1 and torch.device("cpu") in asked[0][0] + tuple(asked[0][1].values())
