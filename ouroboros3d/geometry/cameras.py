@@ -88,10 +88,12 @@ def intrinsics(fov_deg: float, width: int, height: int | None = None) -> torch.T
     return torch.tensor([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def pixel_centers(height: int, width: int, dtype=torch.float32) -> torch.Tensor:
+def pixel_centers(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """Homogeneous pixel centres ``(u, v, 1)`` of shape (H, W, 3); see the module docstring."""
     v, u = torch.meshgrid(
-        torch.arange(height, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5, indexing="ij"
+        torch.arange(height, dtype=dtype, device=device) + 0.5,
+        torch.arange(width, dtype=dtype, device=device) + 0.5,
+        indexing="ij",
     )
     return torch.stack([u, v, torch.ones_like(u)], dim=-1)
 
@@ -104,7 +106,7 @@ def camera_rays(K: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> 
     by about a pixel at 128², and mixed bf16/float32 operands break the cross product after.
     """
     with torch.autocast(K.device.type, enabled=False):
-        uv1 = pixel_centers(height, width, K.dtype)
+        uv1 = pixel_centers(height, width, K.dtype, K.device)
         dirs_cam = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K), uv1)
         dirs = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], dirs_cam)
         dirs = torch.nn.functional.normalize(dirs, dim=-1)

@@ -65,7 +65,7 @@ def depth_to_world(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> t
     """
     h, w = depth.shape[-2:]
     d64 = depth.double()
-    uv1 = pixel_centers(h, w, torch.float64).to(depth.device)
+    uv1 = pixel_centers(h, w, torch.float64, depth.device)
     rays = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K.to(d64)), uv1)
     cam = rays * d64[..., None]
     c2w = c2w.to(d64)
