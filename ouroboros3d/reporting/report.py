@@ -347,7 +347,7 @@ STUDY_COLUMNS = {
 def _study(results: Path) -> str:
     """The learning study's committed tables (benchmarks/learning_study.py; val split)."""
     parts = []
-    for part, key in (("sampling", "setting"), ("noise", "run"), ("size", "run")):
+    for part, key in (("sampling", "setting"), ("noise", "run"), ("size", "run"), ("mix", "run")):
         path = results / "study" / f"{part}.csv"
         if not path.exists():
             parts.append(f"*{part}: not run (`python benchmarks/learning_study.py {part}`)*\n")
