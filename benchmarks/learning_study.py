@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be >= 1, got {args.draws}")  # one line, exit 2
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     params = load_params(args.params)
     if args.part == "figure":
         figure()

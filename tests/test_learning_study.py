@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
+import pytest
 from conftest import ROOT, tiny_params
 
 from ouroboros3d.data.render_stage import real_training_objects
@@ -33,3 +34,10 @@ def test_keeping_the_first_orbits_is_rendering_fewer():
     assert len(rendered) == 2 + 2 * 4 and len(fewer) == 2 * 2
     assert study.first_orbits(rendered, 2) == procedural + sorted(fewer, key=rendered.index)
     assert study.first_orbits(rendered, 4) == rendered
+
+
+def test_a_step_count_below_one_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_study().main(["mix", "--steps", "0"])
+    assert exit_.value.code == 2
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
