@@ -3,6 +3,7 @@
     python benchmarks/learning_study.py noise    [--steps 300] [--runs mixture regression]
     python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
     python benchmarks/learning_study.py mix      [--steps 500] [--runs share]  # the data mix, one lever per run
+    python benchmarks/learning_study.py finetune [--runs 600]   # Table 2's full and baseline, fine-tune length
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
     python benchmarks/learning_study.py mean     [--model models/pretrain/denoiser] [--draws 4]
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
@@ -19,6 +20,11 @@ same conditional mean, so their spread is F's sensitivity to noise it should ign
 ``mix`` changes one data-mix lever per run against the params' own mix, run beside them: each
 run follows the published schedule (its ``steps``, so the same constant learning rate) and
 stops after ``--steps``; ``mix --runs`` as ``noise --runs``.
+``finetune`` fine-tunes the full model and the baseline (no joint training, no feedback) from the
+published F and G for each length of :data:`FINETUNE_STEPS`, exactly as the ``train`` stages do
+(their checkpoint folders, so a length the pipeline has trained resumes at its end), and
+evaluates them on the val split as ``evaluate.py --split val`` does: per-object rows, so the
+full model's paired lead over the baseline is read as in Table 2.
 The ``regression`` run is the issue's regression reference: the same network trained only at
 σ = σ_max, where the noisy input carries nothing and the EDM loss is plain MSE of D against
 the views: its 1-step score is the conditional mean learnt by regression (its sampled
@@ -42,12 +48,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ouroboros3d.build import build_model, initialise
+from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.data.render_stage import ORBIT_MARK
 from ouroboros3d.diffusion import edm
-from ouroboros3d.evaluation.metrics import object_seed, psnr
+from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
+from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
@@ -86,6 +93,10 @@ MIX = {
     "real share 0.75": ({"real_share": 0.75}, None),
     "8 orbits per real object": ({}, 8),
 }
+# fine-tune lengths of Table 2's models (``finetune``): the earlier default, then twice it
+FINETUNE_STEPS = (300, 600)
+FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
+FINETUNE_COLUMNS = ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr", "white_psnr")
 
 
 def _chosen(labels: list[str], words: list[str] | None) -> list[str]:
@@ -197,6 +208,61 @@ def mix_runs(params) -> list[tuple]:
     ]
 
 
+def finetune_runs(params, data: str, chosen: list[str], init: Path = Path("models/pretrain")) -> pd.DataFrame:
+    """Each ``chosen`` run (label "<variant>, <steps> steps") fine-tuned as the train stage would
+    (resuming its checkpoint folder) and scored on the val split: one row per object."""
+    dataset = MultiViewDataset.for_split("train", data, params.ccm.normalization)
+    val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
+    starts = (init / "denoiser", init / "reconstructor")
+    rows = []
+    for label, variant, steps in finetune_labels():
+        if label not in chosen:
+            continue
+        run = params.with_variant(variant)
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=steps))
+        fingerprint = training_fingerprint(run, starts)  # the train stage's: its checkpoint resumes
+        torch.manual_seed(run.seed)
+        model = build_model(run)
+        initialise(model, run, *starts)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        summary = train(
+            model, dataset, run.train, Path("checkpoints") / variant / fingerprint,
+            OUT / "runs" / f"finetune_{variant}_{steps}", seed=run.seed, fingerprint=fingerprint,
+        )  # fmt: skip
+        summary["ema"].copy_to(model)
+        evaluator = Evaluator(
+            model.eval(), run, sample_kwargs(run.sample, reconstruct="every_step"), lpips=None,
+            inception=Unavailable("FID is not part of the study"), record=set(), device="cpu", mesh=False,
+        )  # fmt: skip
+        scored, _ = evaluate_objects(
+            evaluator, val, val.object_ids, run.evaluation.batch_size, seed=run.seed, desc=label, progress=True
+        )
+        rows += [{"run": label, "steps": steps, "object_id": r["object_id"]} | {c: r[c] for c in FINETUNE_COLUMNS}
+                 for r in scored]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def finetune_labels() -> list[tuple[str, str, int]]:
+    """(label, train stage variant, steps) of every ``finetune`` run."""
+    return [(f"{name}, {s} steps", v, s) for s in FINETUNE_STEPS for name, v in FINETUNE_VARIANTS.items()]
+
+
+def finetune_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per fine-tune length: both models' val means and the full model's paired lead (mean, standard error)."""
+    out = []
+    for steps, g in df.groupby("steps"):
+        runs = {r.split(",")[0]: x.set_index("object_id") for r, x in g.groupby("run")}
+        if set(runs) != set(FINETUNE_VARIANTS):
+            continue
+        row = {"steps": steps}
+        for c in ("mv_psnr", "3d_psnr"):
+            lead = (runs["full"][c] - runs["baseline"][c]).dropna()
+            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
+            row |= {f"lead {c}": lead.mean(), f"lead {c} se": lead.std() / math.sqrt(len(lead))}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
     """Per val object: PSNR and MSE (non-input views) of copy-input, of the 1-step sample with
     the object's own seed (the validation's ``x0_psnr``) and of the mean of ``draws`` of them."""
@@ -230,7 +296,8 @@ def figure() -> None:
 
     parts = {p.stem: pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))}
     curves = [k for k in ("noise", "size", "mix") if k in parts]
-    fig, axes = plt.subplots(1, len(curves) + ("sampling" in parts), figsize=(5 * (len(curves) + 1), 3.8))
+    panels = len(curves) + ("finetune" in parts) + ("sampling" in parts)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     for ax, part in zip(axes, curves, strict=False):
         df = parts[part]
@@ -240,6 +307,17 @@ def figure() -> None:
         ax.axhline(df["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1, label="copy input view")
         ax.axhline(df["white_psnr"].iloc[0], color="grey", ls=":", lw=1, label="white image")
         ax.set(title=f"F pretraining: {part}", xlabel="training step", ylabel="val PSNR, non-input views (dB)")
+        ax.legend(fontsize=6)
+    if "finetune" in parts:
+        ax = axes[len(curves)]
+        df = parts["finetune"].assign(model=lambda d: d["run"].str.split(",").str[0])
+        means = df.groupby(["model", "steps"], sort=False)[list(FINETUNE_COLUMNS)].mean().reset_index()
+        for model, g in means.groupby("model", sort=False):
+            (line,) = ax.plot(g["steps"], g["3d_psnr"], "o-", label=f"{model}: 3D")
+            ax.plot(g["steps"], g["mv_psnr"], "s--", color=line.get_color(), alpha=0.6, label=f"{model}: views")
+        ax.axhline(means["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1, label="copy input view")
+        ax.set(title="Table 2 fine-tune length", xlabel="fine-tune steps", ylabel="val PSNR, non-input views (dB)")
+        ax.set_xticks(sorted(means["steps"].unique()))
         ax.legend(fontsize=6)
     if "sampling" in parts:
         df = parts["sampling"]
@@ -258,7 +336,7 @@ def figure() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("noise", "size", "mix", "sampling", "mean", "figure"))
+    parser.add_argument("part", choices=("noise", "size", "mix", "finetune", "sampling", "mean", "figure"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data")
     parser.add_argument(
@@ -268,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
     parser.add_argument(
-        "--runs", nargs="*", help="noise, mix: re-run only runs whose label contains one of these words"
+        "--runs", nargs="*", help="noise, mix, finetune: re-run only runs whose label contains one of these words"
     )
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
     parser.add_argument("--draws", type=int, default=4, help="mean: 1-step samples averaged per object")
@@ -307,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         _keep_others(
             data_mix(params, args.data, args.steps or 500, _chosen(labels, args.runs)), OUT / "mix.csv", labels
         )
+    elif args.part == "finetune":
+        labels = [label for label, *_ in finetune_labels()]
+        path = OUT / "finetune.csv"
+        _keep_others(finetune_runs(params, args.data, _chosen(labels, args.runs)), path, labels)
+        print(finetune_summary(pd.read_csv(path)).to_string(index=False, float_format="%.3f"))
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)

@@ -1,14 +1,24 @@
-"""benchmarks/learning_study.py's data-mix runs: fewer orbits per real object, taken from the rendered split."""
+"""benchmarks/learning_study.py: the data-mix runs (fewer orbits per real object, taken from the
+rendered split) and the fine-tune runs (the train stage's training, evaluate.py's val scores)."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shutil
 
+import pandas as pd
 import pytest
-from conftest import ROOT, tiny_params
+import torch
+import trimesh
+import yaml
+from conftest import ROOT, load_script, tiny_params, tiny_raw
 
+from ouroboros3d.build import build_model
+from ouroboros3d.config import params_from_dict
+from ouroboros3d.data import render_dataset, write_ccms
 from ouroboros3d.data.render_stage import real_training_objects
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 
 
 def load_study():
@@ -41,3 +51,56 @@ def test_a_step_count_below_one_is_one_line_and_exit_2(capsys):
         load_study().main(["mix", "--steps", "0"])
     assert exit_.value.code == 2
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_path, monkeypatch, capsys):
+    """The study's full model, fine-tuned after train.py has trained it, resumes train.py's
+    checkpoint at its end and scores every val object exactly as ``evaluate.py --split val``."""
+    torch.set_num_threads(1)
+    (tmp_path / "meshes").mkdir()
+    for k in range(2):
+        trimesh.creation.box(extents=(1.0, 0.4 + 0.2 * k, 0.3)).export(tmp_path / "meshes" / f"box{k}.obj")
+    raw = tiny_raw(
+        data={"folder": str(tmp_path / "meshes"), "workers": 1, "train": {"source": "folder", "real_objects": 0}},
+        sample={"steps": 2},
+        evaluation={"batch_size": 2},
+        train={"real_share": None},  # the split's own share: these boxes are all "real"
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = params_from_dict(raw)
+    render_dataset(params, tmp_path / "data" / "renders", splits=("train",), progress=False)
+    shutil.copytree(tmp_path / "data" / "renders" / "train", tmp_path / "data" / "renders" / "val")
+    write_ccms(tmp_path / "data" / "renders", tmp_path / "data" / "ccm", params.ccm.normalization, ("train",), False)
+    torch.manual_seed(0)
+    pretrained = Ouroboros3DPipeline.from_model(build_model(params), params)
+    for part in ("denoiser", "reconstructor"):
+        pretrained.save_pretrained(tmp_path / "models" / "pretrain" / part)
+    monkeypatch.chdir(tmp_path)
+    assert load_script("train").main(["--variant", "main", "--init", "models/pretrain", "--loader-workers", "0"]) == 0
+    evaluate = ["--variant", "main", "--split", "val", "--out", "val", "--record-steps", "0", "--no-progress"]
+    assert load_script("evaluate").main(evaluate) == 0
+    capsys.readouterr()
+
+    study = load_study()
+    monkeypatch.setattr(study, "FINETUNE_STEPS", (params.train.steps,))
+    rows = study.finetune_runs(params, "data", [f"full, {params.train.steps} steps"])
+    assert f"at step {params.train.steps}" in capsys.readouterr().out  # resumed at the end: no step redone
+    stage = pd.read_csv(tmp_path / "val" / "main" / "per_object.csv")
+    assert rows["object_id"].tolist() == stage["object_id"].tolist()
+    for column in ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr"):
+        assert rows[column].tolist() == stage[column].tolist(), column
+
+
+def test_the_finetune_summary_is_the_paired_lead_of_the_full_model():
+    study = load_study()
+    objects = ["a", "b", "c"]
+    rows = [
+        {"run": f"{model}, 300 steps", "steps": 300, "object_id": o, "mv_psnr": mv, "3d_psnr": d}
+        for model, scores in (("full", [(20, 19), (21, 20), (22, 21)]), ("baseline", [(19, 19), (21, 19), (20, 20)]))
+        for o, (mv, d) in zip(objects, scores, strict=True)
+    ]
+    summary = study.finetune_summary(pd.DataFrame(rows)).iloc[0]
+    assert summary["full 3d_psnr"] == 20 and summary["baseline 3d_psnr"] == pytest.approx(19.333, abs=1e-3)
+    assert summary["lead 3d_psnr"] == pytest.approx(2 / 3)  # leads 0, 1, 1
+    assert summary["lead 3d_psnr se"] == pytest.approx((1 / 3) ** 0.5 / 3**0.5)  # sample sd / sqrt(n)
+    assert summary["lead mv_psnr"] == pytest.approx(1.0)  # leads 1, 0, 2
