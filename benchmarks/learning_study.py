@@ -56,6 +56,7 @@ from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
 from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
+from ouroboros3d.reporting.report import finetune_leads
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
@@ -247,22 +248,6 @@ def finetune_labels() -> list[tuple[str, str, int]]:
     return [(f"{name}, {s} steps", v, s) for s in FINETUNE_STEPS for name, v in FINETUNE_VARIANTS.items()]
 
 
-def finetune_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per fine-tune length: both models' val means and the full model's paired lead (mean, standard error)."""
-    out = []
-    for steps, g in df.groupby("steps"):
-        runs = {r.split(",")[0]: x.set_index("object_id") for r, x in g.groupby("run")}
-        if set(runs) != set(FINETUNE_VARIANTS):
-            continue
-        row = {"steps": steps}
-        for c in ("mv_psnr", "3d_psnr"):
-            lead = (runs["full"][c] - runs["baseline"][c]).dropna()
-            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
-            row |= {f"lead {c}": lead.mean(), f"lead {c} se": lead.std() / math.sqrt(len(lead))}
-        out.append(row)
-    return pd.DataFrame(out)
-
-
 def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
     """Per val object: PSNR and MSE (non-input views) of copy-input, of the 1-step sample with
     the object's own seed (the validation's ``x0_psnr``) and of the mean of ``draws`` of them."""
@@ -389,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = [label for label, *_ in finetune_labels()]
         path = OUT / "finetune.csv"
         _keep_others(finetune_runs(params, args.data, _chosen(labels, args.runs)), path, labels)
-        print(finetune_summary(pd.read_csv(path)).to_string(index=False, float_format="%.3f"))
+        print(finetune_leads(pd.read_csv(path)).to_string(index=False, float_format="%.3f"))
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)

@@ -89,18 +89,3 @@ def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_pat
     assert rows["object_id"].tolist() == stage["object_id"].tolist()
     for column in ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr"):
         assert rows[column].tolist() == stage[column].tolist(), column
-
-
-def test_the_finetune_summary_is_the_paired_lead_of_the_full_model():
-    study = load_study()
-    objects = ["a", "b", "c"]
-    rows = [
-        {"run": f"{model}, 300 steps", "steps": 300, "object_id": o, "mv_psnr": mv, "3d_psnr": d}
-        for model, scores in (("full", [(20, 19), (21, 20), (22, 21)]), ("baseline", [(19, 19), (21, 19), (20, 20)]))
-        for o, (mv, d) in zip(objects, scores, strict=True)
-    ]
-    summary = study.finetune_summary(pd.DataFrame(rows)).iloc[0]
-    assert summary["full 3d_psnr"] == 20 and summary["baseline 3d_psnr"] == pytest.approx(19.333, abs=1e-3)
-    assert summary["lead 3d_psnr"] == pytest.approx(2 / 3)  # leads 0, 1, 1
-    assert summary["lead 3d_psnr se"] == pytest.approx((1 / 3) ** 0.5 / 3**0.5)  # sample sd / sqrt(n)
-    assert summary["lead mv_psnr"] == pytest.approx(1.0)  # leads 1, 0, 2

@@ -95,6 +95,26 @@ def test_the_mean_study_reports_psnr_mse_and_wins_over_copy_input(tmp_path):
     assert "not run" in reporting._study_mean(tmp_path / "absent.csv")
 
 
+def test_the_finetune_study_pairs_full_and_baseline_per_object_and_length(tmp_path):
+    """Leads 0, 1, 1 at 300 steps (mean 2/3, sd 1/sqrt(3)) and a length with only the full model, left out."""
+    rows = [
+        {"run": f"{model}, 300 steps", "steps": 300, "object_id": o, "mv_psnr": mv, "3d_psnr": d}
+        for model, scores in (("full", [(20, 19), (21, 20), (22, 21)]), ("baseline", [(19, 19), (21, 19), (20, 20)]))
+        for o, (mv, d) in zip("abc", scores, strict=True)
+    ] + [{"run": "full, 600 steps", "steps": 600, "object_id": "a", "mv_psnr": 20.0, "3d_psnr": 20.0}]
+    (tmp_path / "study").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "study/finetune.csv", index=False)
+    leads = reporting.finetune_leads(pd.read_csv(tmp_path / "study/finetune.csv"))
+    assert leads["steps"].tolist() == [300]
+    row = leads.iloc[0]
+    assert row["full 3d_psnr"] == 20 and row["baseline 3d_psnr"] == pytest.approx(58 / 3)
+    assert row["lead 3d_psnr"] == pytest.approx(2 / 3) and row["lead mv_psnr"] == pytest.approx(1.0)
+    assert row["lead 3d_psnr high"] - row["lead 3d_psnr"] == pytest.approx(4.302653 * (1 / 3) ** 0.5 / 3**0.5, rel=1e-5)
+    table = reporting._study_finetune(tmp_path / "study/finetune.csv")
+    assert "| 300 | 20.00 | 19.33 | +0.67 [-0.77, +2.10] | 21.00 | 20.00 | +1.00 [" in table
+    assert "not run" in reporting._study_finetune(tmp_path / "absent.csv")
+
+
 def test_the_report_names_every_sampler_the_params_can_choose(params):
     import dataclasses
 

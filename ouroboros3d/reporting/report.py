@@ -362,7 +362,51 @@ def _study(results: Path) -> str:
             lines.append(f"| {row[key]} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     parts.append(_study_mean(results / "study" / "mean.csv"))
+    parts.append(_study_finetune(results / "study" / "finetune.csv"))
     return "\n".join(parts)
+
+
+def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """The ``finetune`` study (runs "full, <n> steps" and "baseline, <n> steps", one row per val
+    object): per fine-tune length, both models' means and the full model's paired lead over the
+    baseline, mean and t-interval over objects (the claims table's method), for MV and 3D PSNR."""
+    out = []
+    for steps, g in df.groupby("steps"):
+        runs = {run.split(",")[0]: x.set_index("object_id") for run, x in g.groupby("run")}
+        if not {"full", "baseline"} <= set(runs):
+            continue
+        row = {"steps": int(steps)}
+        for c in ("mv_psnr", "3d_psnr"):
+            lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
+                ("mean", "lo", "hi"), math.nan
+            )
+            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
+            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _study_finetune(path: Path) -> str:
+    """The ``finetune`` part: Table 2's full model and baseline at each fine-tune length, on val."""
+    if not path.exists():
+        return "*finetune: not run (`python benchmarks/learning_study.py finetune`)*\n"
+    remedy = "re-create it with `python benchmarks/learning_study.py finetune`"
+    df = read_csv_file(
+        path, remedy, ("run", "steps", "object_id", "mv_psnr", "3d_psnr"), ("steps", "mv_psnr", "3d_psnr")
+    )
+    lines = [
+        f"**finetune** (`{path}`, {df['object_id'].nunique()} val objects; lead: full − baseline, paired, 95% CI)",
+        "",
+        "| fine-tune steps | full 3D | baseline 3D | lead 3D | full MV | baseline MV | lead MV |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in finetune_leads(df).to_dict("records"):
+        cells = [str(r["steps"])]
+        for c in ("3d_psnr", "mv_psnr"):
+            lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
+            cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _study_mean(path: Path) -> str:
