@@ -56,7 +56,7 @@ from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
 from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
-from ouroboros3d.reporting.report import finetune_leads
+from ouroboros3d.reporting.study import finetune_leads
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves

@@ -17,7 +17,8 @@ from pathlib import Path
 from ouroboros3d.config import load_params
 from ouroboros3d.errors import ArgumentParser, UserError, guard
 from ouroboros3d.files import atomic_write_text
-from ouroboros3d.reporting.report import PlaceholderError, read_text_file, render_report
+from ouroboros3d.reporting.report import PlaceholderError, render_report
+from ouroboros3d.reporting.results_files import read_text_file
 
 
 @guard

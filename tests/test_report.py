@@ -5,6 +5,7 @@ import pytest
 from conftest import ROOT
 
 from ouroboros3d.reporting import report as reporting
+from ouroboros3d.reporting import study
 
 
 def _frame(values):
@@ -88,11 +89,11 @@ def test_the_mean_study_reports_psnr_mse_and_wins_over_copy_input(tmp_path):
     ]
     (tmp_path / "study").mkdir()
     pd.DataFrame(rows, columns=["prediction", "object", "psnr", "mse"]).to_csv(tmp_path / "study/mean.csv", index=False)
-    table = reporting._study_mean(tmp_path / "study/mean.csv")
+    table = study._study_mean(tmp_path / "study/mean.csv")
     # copy: mean PSNR 25, mean MSE 0.0055 -> 22.60 dB; sample: 22.5, (0.003162 + 0.01) / 2 -> 21.82 dB
     assert "| copy-input | 25.00 | 22.60 | – |" in table
     assert "| 1-step sample | 22.50 | 21.82 | 1 of 2 |" in table
-    assert "not run" in reporting._study_mean(tmp_path / "absent.csv")
+    assert "not run" in study._study_mean(tmp_path / "absent.csv")
 
 
 def test_the_finetune_study_pairs_full_and_baseline_per_object_and_length(tmp_path):
@@ -104,15 +105,15 @@ def test_the_finetune_study_pairs_full_and_baseline_per_object_and_length(tmp_pa
     ] + [{"run": "full, 600 steps", "steps": 600, "object_id": "a", "mv_psnr": 20.0, "3d_psnr": 20.0}]
     (tmp_path / "study").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "study/finetune.csv", index=False)
-    leads = reporting.finetune_leads(pd.read_csv(tmp_path / "study/finetune.csv"))
+    leads = study.finetune_leads(pd.read_csv(tmp_path / "study/finetune.csv"))
     assert leads["steps"].tolist() == [300]
     row = leads.iloc[0]
     assert row["full 3d_psnr"] == 20 and row["baseline 3d_psnr"] == pytest.approx(58 / 3)
     assert row["lead 3d_psnr"] == pytest.approx(2 / 3) and row["lead mv_psnr"] == pytest.approx(1.0)
     assert row["lead 3d_psnr high"] - row["lead 3d_psnr"] == pytest.approx(4.302653 * (1 / 3) ** 0.5 / 3**0.5, rel=1e-5)
-    table = reporting._study_finetune(tmp_path / "study/finetune.csv")
+    table = study._study_finetune(tmp_path / "study/finetune.csv")
     assert "| 300 | 20.00 | 19.33 | +0.67 [-0.77, +2.10] | 21.00 | 20.00 | +1.00 [" in table
-    assert "not run" in reporting._study_finetune(tmp_path / "absent.csv")
+    assert "not run" in study._study_finetune(tmp_path / "absent.csv")
 
 
 def test_the_report_names_every_sampler_the_params_can_choose(params):

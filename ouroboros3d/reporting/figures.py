@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import one_line
-from .report import ResultsError, checked_curves, eval_remedy, read_csv_file
+from .results_files import ResultsError, checked_curves, eval_remedy, read_csv_file
 
 __all__ = ["curves", "curves_figure", "learning_figure", "load_run", "pick_steps", "png_bytes", "steps_figure"]
 

@@ -25,8 +25,6 @@ stage with one line naming the file and the stage that re-creates it (:class:`Re
 
 from __future__ import annotations
 
-import json
-import math
 import numbers
 import re
 from pathlib import Path
@@ -34,116 +32,30 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Params
-from ..errors import UserError, one_line
+from ..errors import UserError
 from ..evaluation.stats import mean_ci
-from ..training.tracking import read_curves
+from .results_files import (
+    ResultsError,
+    checked_curves,
+    eval_remedy,
+    read_csv_file,
+    read_json_file,
+    read_text_file,
+    stage_remedy,
+    train_remedy,
+)
+from .study import study_tables
 
-__all__ = [
-    "PlaceholderError",
-    "ResultsError",
-    "checked_curves",
-    "claims_table",
-    "eval_remedy",
-    "paired",
-    "read_csv_file",
-    "read_json_file",
-    "read_text_file",
-    "render_report",
-    "train_remedy",
-    "verdict",
-]
+__all__ = ["PlaceholderError", "claims_table", "paired", "render_report", "verdict"]
 
 
-# --- reading results files: one error line naming the file and the stage that writes it -----------------------------
-
-
-class ResultsError(UserError):
-    """A results file that is damaged or lacks what its stage writes."""
+# --- the report ------------------------------------------------------------------------------------------------
 
 
 class PlaceholderError(UserError, KeyError):
     """A template placeholder with no filler (a KeyError, as a missing key of the fillers)."""
 
     __str__ = Exception.__str__  # the message, not KeyError's quoted repr
-
-
-def _stage_remedy(script: str, stage: str) -> str:
-    return f"re-create it with {script} (the DVC stage `{stage}`: `dvc repro -f {stage}`)"
-
-
-def eval_remedy(run: str) -> str:
-    """How to re-create ``results/eval/<run>/``: the evaluate stage that writes that run."""
-    if run == "main":
-        stage = "evaluate"
-    elif run.startswith("main-fs"):
-        stage = f"evaluate_window@{run.removeprefix('main-fs')}"
-    else:
-        stage = f"evaluate_variant@{run}"
-    return _stage_remedy("experiments/evaluate.py", stage)
-
-
-def train_remedy(run: str) -> str:
-    """How to re-create ``results/train/<run>/`` (a training run's dvclive log)."""
-    stage = "train" if run == "main" else run if run.startswith("pretrain_") else f"train_variant@{run}"
-    return _stage_remedy("experiments/train.py", stage)
-
-
-def read_text_file(path: str | Path, remedy: str) -> str:
-    """A UTF-8 text file; :class:`ResultsError` (ending in ``remedy``) if it is not UTF-8."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ResultsError(
-            f"{path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); {remedy}"
-        ) from None
-
-
-def read_json_file(path: str | Path, remedy: str, expect: type = dict):
-    """A UTF-8 JSON file holding an ``expect`` (an object by default); :class:`ResultsError` if not."""
-    try:
-        value = json.loads(read_text_file(path, remedy))
-    except json.JSONDecodeError as e:
-        raise ResultsError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {remedy}"
-        ) from None
-    if not isinstance(value, expect):
-        names = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
-        found, wanted = (names.get(t, t.__name__) for t in (type(value), expect))
-        raise ResultsError(f"{path} holds a JSON {found}, not a JSON {wanted}; {remedy}")
-    return value
-
-
-def read_csv_file(
-    path: str | Path, remedy: str, columns: tuple[str, ...] = (), numeric: tuple[str, ...] = (), **read_csv
-) -> pd.DataFrame:
-    """A CSV (or TSV) file with ``columns``; those of ``numeric`` it has hold numbers (else :class:`ResultsError`)."""
-    try:
-        df = pd.read_csv(path, **read_csv)
-    except ValueError as e:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
-        raise ResultsError(f"{path} is not a readable table ({one_line(e)}); {remedy}") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ResultsError(f"{path} lacks the column(s) {missing}; {remedy}")
-    wrong = [c for c in numeric if c in df.columns and not pd.api.types.is_numeric_dtype(df[c])]
-    if wrong:
-        raise ResultsError(f"{path} has non-numeric values in the column(s) {wrong}; {remedy}")
-    return df
-
-
-def checked_curves(run_dir: Path, kind: str = "val") -> pd.DataFrame:
-    """:func:`ouroboros3d.training.tracking.read_curves` of a training run's log, each TSV checked first
-    (readable, a ``step`` column and one numeric metric column)."""
-    folder = Path(run_dir) / "plots" / "metrics" / kind
-    for path in sorted(folder.rglob("*.tsv")) if folder.is_dir() else ():
-        df = read_csv_file(path, train_remedy(Path(run_dir).name), ("step",), sep="\t")
-        numeric = all(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns)
-        if len(df.columns) != 2 or not numeric or not df["step"].is_unique:
-            raise ResultsError(
-                f"{path} is not a dvclive metric log (a step column of distinct numbers and one numeric value "
-                f"column); {train_remedy(Path(run_dir).name)}"
-            )
-    return read_curves(run_dir, kind)
 
 
 def _train_summary(path: Path) -> dict:
@@ -257,7 +169,7 @@ def claims_table(results: Path, variants: list[str]) -> str:
 def _table_body(path: Path) -> str:
     if not path.exists():
         return f"({path} is missing: run `dvc repro`)\n"
-    return re.sub(r"\A# [^\n]*\n\n", "", read_text_file(path, _stage_remedy("experiments/tables.py", "tables")))
+    return re.sub(r"\A# [^\n]*\n\n", "", read_text_file(path, stage_remedy("experiments/tables.py", "tables")))
 
 
 def _training(results: Path) -> str:
@@ -336,111 +248,18 @@ def _learning(results: Path) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else "(no validation curves: run `dvc repro`)\n"
 
 
-STUDY_COLUMNS = {
-    "x0_psnr": "1-step x0",
-    "mv_psnr": "sampled MV",
-    "copy_input_psnr": "copy-input",
-    "white_psnr": "white",
-}
-
-
-def _study(results: Path) -> str:
-    """The learning study's committed tables (benchmarks/learning_study.py; val split)."""
-    parts = []
-    for part, key in (("sampling", "setting"), ("noise", "run"), ("size", "run"), ("mix", "run")):
-        path = results / "study" / f"{part}.csv"
-        if not path.exists():
-            parts.append(f"*{part}: not run (`python benchmarks/learning_study.py {part}`)*\n")
-            continue
-        remedy = f"re-create it with `python benchmarks/learning_study.py {part}` (not a DVC stage: hours of CPU)"
-        df = read_csv_file(path, remedy, (key,), ("step", *STUDY_COLUMNS))
-        cols = [c for c in ("step", *STUDY_COLUMNS) if c in df.columns]
-        head = [key, *[STUDY_COLUMNS.get(c, c) for c in cols]]
-        lines = [f"**{part}** (`{path}`)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in df.to_dict("records"):
-            cells = [str(row[c]) if c == "step" else f"{row[c]:.2f}" for c in cols]
-            lines.append(f"| {row[key]} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines) + "\n")
-    parts.append(_study_mean(results / "study" / "mean.csv"))
-    parts.append(_study_finetune(results / "study" / "finetune.csv"))
-    return "\n".join(parts)
-
-
-def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """The ``finetune`` study (runs "full, <n> steps" and "baseline, <n> steps", one row per val
-    object): per fine-tune length, both models' means and the full model's paired lead over the
-    baseline, mean and t-interval over objects (the claims table's method), for MV and 3D PSNR."""
-    out = []
-    for steps, g in df.groupby("steps"):
-        runs = {run.split(",")[0]: x.set_index("object_id") for run, x in g.groupby("run")}
-        if not {"full", "baseline"} <= set(runs):
-            continue
-        row = {"steps": int(steps)}
-        for c in ("mv_psnr", "3d_psnr"):
-            lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
-                ("mean", "lo", "hi"), math.nan
-            )
-            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
-            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def _study_finetune(path: Path) -> str:
-    """The ``finetune`` part: Table 2's full model and baseline at each fine-tune length, on val."""
-    if not path.exists():
-        return "*finetune: not run (`python benchmarks/learning_study.py finetune`)*\n"
-    remedy = "re-create it with `python benchmarks/learning_study.py finetune`"
-    df = read_csv_file(
-        path, remedy, ("run", "steps", "object_id", "mv_psnr", "3d_psnr"), ("steps", "mv_psnr", "3d_psnr")
-    )
-    lines = [
-        f"**finetune** (`{path}`, {df['object_id'].nunique()} val objects; lead: full − baseline, paired, 95% CI)",
-        "",
-        "| fine-tune steps | full 3D | baseline 3D | lead 3D | full MV | baseline MV | lead MV |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in finetune_leads(df).to_dict("records"):
-        cells = [str(r["steps"])]
-        for c in ("3d_psnr", "mv_psnr"):
-            lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
-            cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _study_mean(path: Path) -> str:
-    """The ``mean`` part: per prediction, the mean over val objects of PSNR, the PSNR of the
-    mean MSE (what an MSE-trained F minimises), and the objects on which it beats copy-input."""
-    if not path.exists():
-        return "*mean: not run (`python benchmarks/learning_study.py mean`)*\n"
-    remedy = "re-create it with `python benchmarks/learning_study.py mean`"
-    df = read_csv_file(path, remedy, ("prediction",), ("object", "psnr", "mse"))
-    copy = df[df["prediction"] == "copy-input"].set_index("object")["psnr"]
-    lines = [
-        f"**mean** (`{path}`)",
-        "",
-        "| prediction | mean PSNR | PSNR of the mean MSE | objects above copy-input |",
-        "|---|---|---|---|",
-    ]
-    for name, g in df.groupby("prediction", sort=False):
-        wins = "–" if name == "copy-input" else f"{int((g.set_index('object')['psnr'] > copy).sum())} of {len(g)}"
-        lines.append(f"| {name} | {g['psnr'].mean():.2f} | {-10 * math.log10(g['mse'].mean()):.2f} | {wins} |")
-    return "\n".join(lines) + "\n"
-
-
 def render_report(template: str, params: Params, results: Path) -> str:
     """``template`` with every ``{{placeholder}}`` filled from ``results`` (the results/ folder) and ``params``."""
     main_metrics, main_text = results / "metrics.json", "{}"
     if main_metrics.exists():  # evaluate.py's --metrics-out: shown as it is, once checked to be JSON
-        remedy = _stage_remedy("experiments/evaluate.py --metrics-out", "evaluate")
+        remedy = stage_remedy("experiments/evaluate.py --metrics-out", "evaluate")
         read_json_file(main_metrics, remedy)
         main_text = read_text_file(main_metrics, remedy)
     fills = {
         "setup": _setup(params),
         "training": _training(results),
         "learning": _learning(results),
-        "study": _study(results),
+        "study": study_tables(results),
         "main_metrics": "```json\n" + main_text + "```\n",
         "table2": _table_body(results / "tables" / "table2_ablation.md"),
         "table3": _table_body(results / "tables" / "table3_feedback_window.md"),

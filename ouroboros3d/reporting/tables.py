@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Params
-from .report import ResultsError, eval_remedy, read_json_file
+from .results_files import ResultsError, eval_remedy, read_json_file
 
 __all__ = [
     "PAPER_TABLE2",

@@ -1,0 +1,104 @@
+"""The report's learning-study section: the tables of benchmarks/learning_study.py (val split),
+read from their committed CSVs in results/study/."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation.stats import mean_ci
+from .results_files import read_csv_file
+
+__all__ = ["finetune_leads", "study_tables"]
+
+STUDY_COLUMNS = {
+    "x0_psnr": "1-step x0",
+    "mv_psnr": "sampled MV",
+    "copy_input_psnr": "copy-input",
+    "white_psnr": "white",
+}
+
+
+def study_tables(results: Path) -> str:
+    """The learning study's committed tables (benchmarks/learning_study.py; val split)."""
+    parts = []
+    for part, key in (("sampling", "setting"), ("noise", "run"), ("size", "run"), ("mix", "run")):
+        path = results / "study" / f"{part}.csv"
+        if not path.exists():
+            parts.append(f"*{part}: not run (`python benchmarks/learning_study.py {part}`)*\n")
+            continue
+        remedy = f"re-create it with `python benchmarks/learning_study.py {part}` (not a DVC stage: hours of CPU)"
+        df = read_csv_file(path, remedy, (key,), ("step", *STUDY_COLUMNS))
+        cols = [c for c in ("step", *STUDY_COLUMNS) if c in df.columns]
+        head = [key, *[STUDY_COLUMNS.get(c, c) for c in cols]]
+        lines = [f"**{part}** (`{path}`)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in df.to_dict("records"):
+            cells = [str(row[c]) if c == "step" else f"{row[c]:.2f}" for c in cols]
+            lines.append(f"| {row[key]} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    parts.append(_study_mean(results / "study" / "mean.csv"))
+    parts.append(_study_finetune(results / "study" / "finetune.csv"))
+    return "\n".join(parts)
+
+
+def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """The ``finetune`` study (runs "full, <n> steps" and "baseline, <n> steps", one row per val
+    object): per fine-tune length, both models' means and the full model's paired lead over the
+    baseline, mean and t-interval over objects (the claims table's method), for MV and 3D PSNR."""
+    out = []
+    for steps, g in df.groupby("steps"):
+        runs = {run.split(",")[0]: x.set_index("object_id") for run, x in g.groupby("run")}
+        if not {"full", "baseline"} <= set(runs):
+            continue
+        row = {"steps": int(steps)}
+        for c in ("mv_psnr", "3d_psnr"):
+            lead = mean_ci((runs["full"][c] - runs["baseline"][c]).dropna(), confidence)  # paired by object
+            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
+            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["ci_low"], f"lead {c} high": lead["ci_high"]}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _study_finetune(path: Path) -> str:
+    """The ``finetune`` part: Table 2's full model and baseline at each fine-tune length, on val."""
+    if not path.exists():
+        return "*finetune: not run (`python benchmarks/learning_study.py finetune`)*\n"
+    remedy = "re-create it with `python benchmarks/learning_study.py finetune`"
+    df = read_csv_file(
+        path, remedy, ("run", "steps", "object_id", "mv_psnr", "3d_psnr"), ("steps", "mv_psnr", "3d_psnr")
+    )
+    lines = [
+        f"**finetune** (`{path}`, {df['object_id'].nunique()} val objects; lead: full − baseline, paired, 95% CI)",
+        "",
+        "| fine-tune steps | full 3D | baseline 3D | lead 3D | full MV | baseline MV | lead MV |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in finetune_leads(df).to_dict("records"):
+        cells = [str(r["steps"])]
+        for c in ("3d_psnr", "mv_psnr"):
+            lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
+            cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _study_mean(path: Path) -> str:
+    """The ``mean`` part: per prediction, the mean over val objects of PSNR, the PSNR of the
+    mean MSE (what an MSE-trained F minimises), and the objects on which it beats copy-input."""
+    if not path.exists():
+        return "*mean: not run (`python benchmarks/learning_study.py mean`)*\n"
+    remedy = "re-create it with `python benchmarks/learning_study.py mean`"
+    df = read_csv_file(path, remedy, ("prediction",), ("object", "psnr", "mse"))
+    copy = df[df["prediction"] == "copy-input"].set_index("object")["psnr"]
+    lines = [
+        f"**mean** (`{path}`)",
+        "",
+        "| prediction | mean PSNR | PSNR of the mean MSE | objects above copy-input |",
+        "|---|---|---|---|",
+    ]
+    for name, g in df.groupby("prediction", sort=False):
+        wins = "–" if name == "copy-input" else f"{int((g.set_index('object')['psnr'] > copy).sum())} of {len(g)}"
+        lines.append(f"| {name} | {g['psnr'].mean():.2f} | {-10 * math.log10(g['mse'].mean()):.2f} | {wins} |")
+    return "\n".join(lines) + "\n"
