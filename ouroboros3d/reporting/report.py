@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..config import Params
 from ..errors import UserError
-from ..evaluation.stats import mean_ci
+from .comparison import paired
 from .results_files import (
     ResultsError,
     checked_curves,
@@ -70,18 +70,6 @@ def _train_summary(path: Path) -> dict:
     if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values):
         raise ResultsError(f"{path}: its train losses or run seconds are not numbers; {remedy}")
     return s
-
-
-def paired(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float = 0.95) -> dict | None:
-    """Mean and t-interval of ``a[column] - b[column]`` over the objects both runs share."""
-    if column not in a or column not in b:
-        return None
-    joined = pd.concat([a[column], b[column]], axis=1, join="inner", keys=["a", "b"]).dropna()
-    d = (joined["a"] - joined["b"]).to_numpy(dtype=float)
-    if len(d) < 2:
-        return None
-    ci = mean_ci(d, confidence)
-    return {"mean": ci["mean"], "lo": ci["ci_low"], "hi": ci["ci_high"], "n": ci["n"]}
 
 
 def verdict(diff: dict | None, higher_is_better: bool) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluation.stats import mean_ci
+from .comparison import paired
 from .results_files import read_csv_file
 
 __all__ = ["finetune_leads", "study_tables"]
@@ -54,9 +54,11 @@ def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
             continue
         row = {"steps": int(steps)}
         for c in ("mv_psnr", "3d_psnr"):
-            lead = mean_ci((runs["full"][c] - runs["baseline"][c]).dropna(), confidence)  # paired by object
+            lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
+                ("mean", "lo", "hi"), math.nan
+            )
             row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
-            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["ci_low"], f"lead {c} high": lead["ci_high"]}
+            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
         out.append(row)
     return pd.DataFrame(out)
 
