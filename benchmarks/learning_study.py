@@ -97,12 +97,23 @@ MIX = {
 # fine-tune lengths of Table 2's models (``finetune``): the earlier default, then twice it
 FINETUNE_STEPS = (300, 600)
 FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
+# fine-tune settings other than params.yaml's (``finetune``, at the last length): the views lose
+# ~0.3 dB between 300 and 600 steps, so a gentler step and the mix study's best real share
+FINETUNE_SETTINGS = {"lr 0.0001": {"lr": 1e-4}, "real share 0.75": {"real_share": 0.75}}
 FINETUNE_COLUMNS = ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr", "white_psnr")
 
 
 def _chosen(labels: list[str], words: list[str] | None) -> list[str]:
     """The labels holding one of ``words`` (all: no words)."""
     return [k for k in labels if not words or any(w.lower() in k.lower() for w in words)]
+
+
+def _runs(parser: argparse.ArgumentParser, labels: list[str], words: list[str] | None) -> list[str]:
+    """:func:`_chosen`, or a one-line error (exit 2) when ``words`` match no run."""
+    chosen = _chosen(labels, words)
+    if not chosen:
+        parser.error(f"--runs {' '.join(words)} matches none of: {'; '.join(labels)}")
+    return chosen
 
 
 def _keep_others(df: pd.DataFrame, path: Path, labels: list[str]) -> None:
@@ -216,11 +227,12 @@ def finetune_runs(params, data: str, chosen: list[str], init: Path = Path("model
     val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
     starts = (init / "denoiser", init / "reconstructor")
     rows = []
-    for label, variant, steps in finetune_labels():
+    for label, variant, steps, setting in finetune_labels():
         if label not in chosen:
             continue
         run = params.with_variant(variant)
-        run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=steps))
+        changes = FINETUNE_SETTINGS.get(setting, {}) | {"steps": steps}
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, **changes))
         fingerprint = training_fingerprint(run, starts)  # the train stage's: its checkpoint resumes
         torch.manual_seed(run.seed)
         model = build_model(run)
@@ -228,7 +240,7 @@ def finetune_runs(params, data: str, chosen: list[str], init: Path = Path("model
         torch.use_deterministic_algorithms(True, warn_only=True)
         summary = train(
             model, dataset, run.train, Path("checkpoints") / variant / fingerprint,
-            OUT / "runs" / f"finetune_{variant}_{steps}", seed=run.seed, fingerprint=fingerprint,
+            OUT / "runs" / re.sub(r"\W+", "_", label).strip("_").lower(), seed=run.seed, fingerprint=fingerprint,
         )  # fmt: skip
         summary["ema"].copy_to(model)
         evaluator = Evaluator(
@@ -238,14 +250,21 @@ def finetune_runs(params, data: str, chosen: list[str], init: Path = Path("model
         scored, _ = evaluate_objects(
             evaluator, val, val.object_ids, run.evaluation.batch_size, seed=run.seed, desc=label, progress=True
         )
-        rows += [{"run": label, "steps": steps, "object_id": r["object_id"]} | {c: r[c] for c in FINETUNE_COLUMNS}
-                 for r in scored]  # fmt: skip
+        rows += [{"run": label, "setting": setting, "steps": steps, "object_id": r["object_id"]}
+                 | {c: r[c] for c in FINETUNE_COLUMNS} for r in scored]  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def finetune_labels() -> list[tuple[str, str, int]]:
-    """(label, train stage variant, steps) of every ``finetune`` run."""
-    return [(f"{name}, {s} steps", v, s) for s in FINETUNE_STEPS for name, v in FINETUNE_VARIANTS.items()]
+def finetune_labels() -> list[tuple[str, str, int, str]]:
+    """(label, train stage variant, steps, setting) of every ``finetune`` run: params.yaml's
+    settings at each length, then each of :data:`FINETUNE_SETTINGS` at the last."""
+    runs = [(f"{name}, {s} steps", v, s, "params") for s in FINETUNE_STEPS for name, v in FINETUNE_VARIANTS.items()]
+    last = FINETUNE_STEPS[-1]
+    return runs + [
+        (f"{name}, {last} steps, {setting}", v, last, setting)
+        for setting in FINETUNE_SETTINGS
+        for name, v in FINETUNE_VARIANTS.items()
+    ]
 
 
 def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
@@ -346,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.part == "noise":
         pinned = {"p_mean": math.log(params.sample.sigma_max)}  # the regression run's
-        chosen = _chosen(list(NOISE), args.runs)
+        chosen = _runs(parser, list(NOISE), args.runs)
         steps = args.steps or 300
         runs = [(k, params, ({} if "p_mean" in NOISE[k] else pinned) | NOISE[k] | {"steps": steps}) for k in chosen]
         _keep_others(pretrain_runs(params, runs, args.data, max(1, steps // 3)), OUT / "noise.csv", list(NOISE))
@@ -368,12 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.part == "mix":
         labels = [run[0] for run in mix_runs(params)]
         _keep_others(
-            data_mix(params, args.data, args.steps or 500, _chosen(labels, args.runs)), OUT / "mix.csv", labels
+            data_mix(params, args.data, args.steps or 500, _runs(parser, labels, args.runs)), OUT / "mix.csv", labels
         )
     elif args.part == "finetune":
         labels = [label for label, *_ in finetune_labels()]
         path = OUT / "finetune.csv"
-        _keep_others(finetune_runs(params, args.data, _chosen(labels, args.runs)), path, labels)
+        _keep_others(finetune_runs(params, args.data, _runs(parser, labels, args.runs)), path, labels)
         print(finetune_leads(pd.read_csv(path)).to_string(index=False, float_format="%.3f"))
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)

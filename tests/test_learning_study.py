@@ -53,6 +53,43 @@ def test_a_step_count_below_one_is_one_line_and_exit_2(capsys):
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_runs_matching_nothing_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_study().main(["finetune", "--runs", "no-such-run"])
+    assert exit_.value.code == 2
+    assert "--runs no-such-run matches none of: full, 300 steps;" in capsys.readouterr().err
+
+
+def test_a_finetune_setting_changes_only_its_train_params(monkeypatch):
+    """Each setting of FINETUNE_SETTINGS runs at the last length with params.yaml's train section
+    changed where the setting says and nowhere else."""
+    study = load_study()
+    params = tiny_params()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def train(model, dataset, config, folder, *args, **kwargs):
+        seen[folder.parent.name] = (config, folder.name)
+        raise Stop
+
+    monkeypatch.setattr(study, "train", train)
+    monkeypatch.setattr(study.MultiViewDataset, "for_split", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(study, "initialise", lambda *a, **k: None)
+    last = study.FINETUNE_STEPS[-1]
+    for setting, changes in study.FINETUNE_SETTINGS.items():
+        assert (f"full, {last} steps, {setting}", "main", last, setting) in study.finetune_labels()
+        with pytest.raises(Stop):
+            study.finetune_runs(params, "data", [f"full, {last} steps, {setting}"])
+        config, fingerprint = seen["main"]
+        expected = dataclasses.replace(params.with_variant("main").train, steps=last, **changes)
+        assert config == expected and config != dataclasses.replace(expected, **{k: None for k in changes})
+        with pytest.raises(Stop):
+            study.finetune_runs(params, "data", [f"full, {last} steps"])
+        assert seen["main"][1] != fingerprint  # its own checkpoint folder, never the stage's
+
+
 def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_path, monkeypatch, capsys):
     """The study's full model, fine-tuned after train.py has trained it, resumes train.py's
     checkpoint at its end and scores every val object exactly as ``evaluate.py --split val``."""

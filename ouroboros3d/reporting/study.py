@@ -44,15 +44,18 @@ def study_tables(results: Path) -> str:
 
 
 def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """The ``finetune`` study (runs "full, <n> steps" and "baseline, <n> steps", one row per val
-    object): per fine-tune length, both models' means and the full model's paired lead over the
-    baseline, mean and t-interval over objects (the claims table's method), for MV and 3D PSNR."""
+    """The ``finetune`` study (runs "full, <n> steps[, <setting>]" and "baseline, …", one row per
+    val object): per fine-tune setting and length, both models' means and the full model's paired
+    lead over the baseline, mean and t-interval over objects (the claims table's method), for MV
+    and 3D PSNR. A file without a ``setting`` column holds params.yaml's settings only."""
     out = []
-    for steps, g in df.groupby("steps"):
+    if "setting" not in df.columns:
+        df = df.assign(setting="params")
+    for (setting, steps), g in df.groupby(["setting", "steps"], sort=False):
         runs = {run.split(",")[0]: x.set_index("object_id") for run, x in g.groupby("run")}
         if not {"full", "baseline"} <= set(runs):
             continue
-        row = {"steps": int(steps)}
+        row = {"setting": setting, "steps": int(steps)}
         for c in ("mv_psnr", "3d_psnr"):
             lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
                 ("mean", "lo", "hi"), math.nan
@@ -74,11 +77,11 @@ def _study_finetune(path: Path) -> str:
     lines = [
         f"**finetune** (`{path}`, {df['object_id'].nunique()} val objects; lead: full − baseline, paired, 95% CI)",
         "",
-        "| fine-tune steps | full 3D | baseline 3D | lead 3D | full MV | baseline MV | lead MV |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | fine-tune steps | full 3D | baseline 3D | lead 3D | full MV | baseline MV | lead MV |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in finetune_leads(df).to_dict("records"):
-        cells = [str(r["steps"])]
+        cells = [r["setting"], str(r["steps"])]
         for c in ("3d_psnr", "mv_psnr"):
             lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
             cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
