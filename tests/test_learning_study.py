@@ -57,12 +57,12 @@ def test_runs_matching_nothing_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         load_study().main(["finetune", "--runs", "no-such-run"])
     assert exit_.value.code == 2
-    assert "--runs no-such-run matches none of: full, 300 steps;" in capsys.readouterr().err
+    assert "--runs no-such-run matches none of: full, 300 steps, lr 0.0002, real share 0.5;" in capsys.readouterr().err
 
 
 def test_a_finetune_setting_changes_only_its_train_params(monkeypatch):
-    """Each setting of FINETUNE_SETTINGS runs at the last length with params.yaml's train section
-    changed where the setting says and nowhere else."""
+    """Each setting of FINETUNE_SETTINGS runs at each of its lengths with params.yaml's train
+    section changed where the setting says and nowhere else, each in its own checkpoint folder."""
     study = load_study()
     params = tiny_params()
     seen = {}
@@ -77,17 +77,17 @@ def test_a_finetune_setting_changes_only_its_train_params(monkeypatch):
     monkeypatch.setattr(study, "train", train)
     monkeypatch.setattr(study.MultiViewDataset, "for_split", staticmethod(lambda *a, **k: None))
     monkeypatch.setattr(study, "initialise", lambda *a, **k: None)
-    last = study.FINETUNE_STEPS[-1]
-    for setting, changes in study.FINETUNE_SETTINGS.items():
-        assert (f"full, {last} steps, {setting}", "main", last, setting) in study.finetune_labels()
-        with pytest.raises(Stop):
-            study.finetune_runs(params, "data", [f"full, {last} steps, {setting}"])
-        config, fingerprint = seen["main"]
-        expected = dataclasses.replace(params.with_variant("main").train, steps=last, **changes)
-        assert config == expected and config != dataclasses.replace(expected, **{k: None for k in changes})
-        with pytest.raises(Stop):
-            study.finetune_runs(params, "data", [f"full, {last} steps"])
-        assert seen["main"][1] != fingerprint  # its own checkpoint folder, never the stage's
+    folders = set()
+    for setting, (changes, lengths) in study.FINETUNE_SETTINGS.items():
+        for steps in lengths:
+            label = f"baseline, {steps} steps, {setting}"
+            assert (label, "baseline", steps, setting) in study.finetune_labels()
+            with pytest.raises(Stop):
+                study.finetune_runs(params, "data", [label])
+            config, fingerprint = seen["baseline"]
+            assert config == dataclasses.replace(params.with_variant("baseline").train, steps=steps, **changes)
+            folders.add(fingerprint)
+    assert len(folders) == len(study.finetune_labels()) // 2
 
 
 def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_path, monkeypatch, capsys):
@@ -119,8 +119,8 @@ def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_pat
     capsys.readouterr()
 
     study = load_study()
-    monkeypatch.setattr(study, "FINETUNE_STEPS", (params.train.steps,))
-    rows = study.finetune_runs(params, "data", [f"full, {params.train.steps} steps"])
+    monkeypatch.setattr(study, "FINETUNE_SETTINGS", {"params.yaml's": ({}, (params.train.steps,))})
+    rows = study.finetune_runs(params, "data", [f"full, {params.train.steps} steps, params.yaml's"])
     assert f"at step {params.train.steps}" in capsys.readouterr().out  # resumed at the end: no step redone
     stage = pd.read_csv(tmp_path / "val" / "main" / "per_object.csv")
     assert rows["object_id"].tolist() == stage["object_id"].tolist()

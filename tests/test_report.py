@@ -99,11 +99,13 @@ def test_the_mean_study_reports_psnr_mse_and_wins_over_copy_input(tmp_path):
 def test_the_finetune_study_pairs_full_and_baseline_per_object_and_length(tmp_path):
     """Leads 0, 1, 1 at 300 steps (mean 2/3, sd 1/sqrt(3)) and a length with only the full model, left out."""
     rows = [
-        {"run": f"{model}, 300 steps", "steps": 300, "object_id": o, "mv_psnr": mv, "3d_psnr": d}
+        {"run": f"{model}, 300 steps, lr 1", "setting": "lr 1", "steps": 300, "object_id": o,
+         "mv_psnr": mv, "3d_psnr": d}
         for model, scores in (("full", [(20, 19), (21, 20), (22, 21)]), ("baseline", [(19, 19), (21, 19), (20, 20)]))
         for o, (mv, d) in zip("abc", scores, strict=True)
-    ] + [{"run": "full, 600 steps", "steps": 600, "object_id": "a", "mv_psnr": 20.0, "3d_psnr": 20.0}]
-    (tmp_path / "study").mkdir()  # written without a setting column: params.yaml's settings
+    ] + [{"run": "full, 600 steps, lr 1", "setting": "lr 1", "steps": 600, "object_id": "a", "mv_psnr": 20.0,
+          "3d_psnr": 20.0}]  # fmt: skip
+    (tmp_path / "study").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "study/finetune.csv", index=False)
     leads = study.finetune_leads(pd.read_csv(tmp_path / "study/finetune.csv"))
     assert leads["steps"].tolist() == [300]
@@ -112,22 +114,22 @@ def test_the_finetune_study_pairs_full_and_baseline_per_object_and_length(tmp_pa
     assert row["lead 3d_psnr"] == pytest.approx(2 / 3) and row["lead mv_psnr"] == pytest.approx(1.0)
     assert row["lead 3d_psnr high"] - row["lead 3d_psnr"] == pytest.approx(4.302653 * (1 / 3) ** 0.5 / 3**0.5, rel=1e-5)
     table = study._study_finetune(tmp_path / "study/finetune.csv")
-    assert "| params | 300 | 20.00 | 19.33 | +0.67 [-0.77, +2.10] | 21.00 | 20.00 | +1.00 [" in table
+    assert "| lr 1 | 300 | 20.00 | 19.33 | +0.67 [-0.77, +2.10] | 21.00 | 20.00 | +1.00 [" in table
     assert "not run" in study._study_finetune(tmp_path / "absent.csv")
 
 
 def test_the_finetune_study_pairs_within_each_setting():
     """Two settings at the same length are two rows, each pairing its own full and baseline runs."""
     rows = [
-        {"run": f"{model}, 600 steps{suffix}", "setting": setting, "steps": 600, "object_id": o,
+        {"run": f"{model}, 600 steps, {setting}", "setting": setting, "steps": 600, "object_id": o,
          "mv_psnr": base + lead * (model == "full"), "3d_psnr": 20.0 + lead * (model == "full") + k}
-        for setting, suffix, base, lead in (("params", "", 19.0, 0.5), ("lr 0.0001", ", lr 0.0001", 20.0, -1.0))
+        for setting, base, lead in (("lr 2", 19.0, 0.5), ("lr 0.0001", 20.0, -1.0))
         for model in ("full", "baseline")
         for k, o in enumerate("abc")
     ]  # fmt: skip
     leads = study.finetune_leads(pd.DataFrame(rows)).set_index("setting")
-    assert leads.index.tolist() == ["params", "lr 0.0001"]
-    assert leads.loc["params", "lead mv_psnr"] == pytest.approx(0.5)
+    assert leads.index.tolist() == ["lr 2", "lr 0.0001"]
+    assert leads.loc["lr 2", "lead mv_psnr"] == pytest.approx(0.5)
     assert leads.loc["lr 0.0001", "lead 3d_psnr"] == pytest.approx(-1.0)
     assert leads.loc["lr 0.0001", "baseline mv_psnr"] == pytest.approx(20.0)
     assert leads.loc["lr 0.0001", "full 3d_psnr"] == pytest.approx(20.0)

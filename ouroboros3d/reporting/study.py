@@ -44,13 +44,11 @@ def study_tables(results: Path) -> str:
 
 
 def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """The ``finetune`` study (runs "full, <n> steps[, <setting>]" and "baseline, …", one row per
+    """The ``finetune`` study (runs "full, <n> steps, <setting>" and "baseline, …", one row per
     val object): per fine-tune setting and length, both models' means and the full model's paired
     lead over the baseline, mean and t-interval over objects (the claims table's method), for MV
-    and 3D PSNR. A file without a ``setting`` column holds params.yaml's settings only."""
+    and 3D PSNR."""
     out = []
-    if "setting" not in df.columns:
-        df = df.assign(setting="params")
     for (setting, steps), g in df.groupby(["setting", "steps"], sort=False):
         runs = {run.split(",")[0]: x.set_index("object_id") for run, x in g.groupby("run")}
         if not {"full", "baseline"} <= set(runs):
@@ -72,7 +70,7 @@ def _study_finetune(path: Path) -> str:
         return "*finetune: not run (`python benchmarks/learning_study.py finetune`)*\n"
     remedy = "re-create it with `python benchmarks/learning_study.py finetune`"
     df = read_csv_file(
-        path, remedy, ("run", "steps", "object_id", "mv_psnr", "3d_psnr"), ("steps", "mv_psnr", "3d_psnr")
+        path, remedy, ("run", "setting", "steps", "object_id", "mv_psnr", "3d_psnr"), ("steps", "mv_psnr", "3d_psnr")
     )
     lines = [
         f"**finetune** (`{path}`, {df['object_id'].nunique()} val objects; lead: full − baseline, paired, 95% CI)",
