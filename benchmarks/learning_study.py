@@ -94,7 +94,6 @@ MIX = {
     "real share 0.75": ({"real_share": 0.75}, None),
     "8 orbits per real object": ({}, 8),
 }
-# fine-tune lengths of Table 2's models (``finetune``): the earlier default, then twice it
 FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
 # setting -> (the train params it sets over params.yaml's, fine-tune lengths). Spelt out in full,
 # so a row keeps its meaning when params.yaml moves on. The first was params.yaml's until
