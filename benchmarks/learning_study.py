@@ -107,14 +107,9 @@ FINETUNE_SETTINGS = {
 FINETUNE_COLUMNS = ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr", "white_psnr")
 
 
-def _chosen(labels: list[str], words: list[str] | None) -> list[str]:
-    """The labels holding one of ``words`` (all: no words)."""
-    return [k for k in labels if not words or any(w.lower() in k.lower() for w in words)]
-
-
 def _runs(parser: argparse.ArgumentParser, labels: list[str], words: list[str] | None) -> list[str]:
-    """:func:`_chosen`, or a one-line error (exit 2) when ``words`` match no run."""
-    chosen = _chosen(labels, words)
+    """The labels holding one of ``words`` (all: no words); a one-line error (exit 2) when none does."""
+    chosen = [k for k in labels if not words or any(w.lower() in k.lower() for w in words)]
     if not chosen:
         parser.error(f"--runs {' '.join(words)} matches none of: {'; '.join(labels)}")
     return chosen

@@ -6,6 +6,7 @@ from conftest import ROOT
 
 from ouroboros3d.reporting import report as reporting
 from ouroboros3d.reporting import study
+from ouroboros3d.reporting.comparison import paired
 
 
 def _frame(values):
@@ -14,11 +15,11 @@ def _frame(values):
 
 def test_paired_difference_and_t_interval_by_hand():
     a, b = _frame([3.0, 5.0, 4.0]), _frame([1.0, 2.0, 3.0])
-    d = reporting.paired(a, b, "x")  # differences 2, 3, 1: mean 2, sd 1, t(0.975, 2) = 4.3027
+    d = paired(a, b, "x")  # differences 2, 3, 1: mean 2, sd 1, t(0.975, 2) = 4.3027
     assert d["n"] == 3 and d["mean"] == pytest.approx(2.0)
     assert d["hi"] - d["mean"] == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
     # only shared objects are paired
-    assert reporting.paired(a, _frame([1.0, 2.0]), "x")["n"] == 2
+    assert paired(a, _frame([1.0, 2.0]), "x")["n"] == 2
 
 
 def test_verdict_needs_the_interval_to_exclude_zero():

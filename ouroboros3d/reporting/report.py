@@ -46,7 +46,7 @@ from .results_files import (
 )
 from .study import study_tables
 
-__all__ = ["PlaceholderError", "claims_table", "paired", "render_report", "verdict"]
+__all__ = ["PlaceholderError", "claims_table", "render_report", "verdict"]
 
 
 # --- the report ------------------------------------------------------------------------------------------------
