@@ -23,12 +23,13 @@ venv: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-## pretrain: re-create the published pretrained F and G (models/pretrain/, about 75 minutes
-## on 2 cores); the pretrain_* stages are frozen so that `make repro` starts from the committed weights
+## pretrain: re-create the published pretrained F (both publications) and G (models/pretrain/, about
+## 2 hours on 2 cores); the pretrain_* stages are frozen so that `make repro` starts from the committed weights
+PRETRAIN_STAGES := pretrain_denoiser pretrain_denoiser_continued pretrain_reconstructor
 pretrain: $(STAMP)
-	$(BIN)/dvc unfreeze pretrain_denoiser pretrain_reconstructor
-	$(BIN)/dvc repro pretrain_denoiser pretrain_reconstructor; status=$$?; \
-	$(BIN)/dvc freeze pretrain_denoiser pretrain_reconstructor; exit $$status
+	$(BIN)/dvc unfreeze $(PRETRAIN_STAGES)
+	$(BIN)/dvc repro $(PRETRAIN_STAGES); status=$$?; \
+	$(BIN)/dvc freeze $(PRETRAIN_STAGES); exit $$status
 
 ## test: lint, then the whole test suite
 test: $(STAMP)

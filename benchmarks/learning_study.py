@@ -95,14 +95,19 @@ MIX = {
     "8 orbits per real object": ({}, 8),
 }
 FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
-# setting -> (the train params it sets over params.yaml's, fine-tune lengths). Spelt out in full,
-# so a row keeps its meaning when params.yaml moves on. The first was params.yaml's until
-# 2026-12-05 (300 steps until 2026-12-04); at 600 steps the eval views lost ~0.3 dB, so a
-# gentler step, and the mix study's best real share (params.yaml's since 2026-12-05).
+# where the fine-tunes start: G's publication, and F's first or its continuation (the train stages')
+FIRST_F, CONTINUED_F = Path("models/pretrain/denoiser"), Path("models/pretrain/denoiser_continued")
+PRETRAINED_G = Path("models/pretrain/reconstructor")
+# setting -> (the train params it sets over params.yaml's, fine-tune lengths, F's start). Spelt
+# out in full, so a row keeps its meaning when params.yaml moves on. The first was params.yaml's
+# until 2026-12-05 (300 steps until 2026-12-04); at 600 steps the eval views lost ~0.3 dB, so a
+# gentler step, and the mix study's best real share (params.yaml's since 2026-12-05); then the
+# same from F's second publication (the train stages' since 2026-12-05, late).
 FINETUNE_SETTINGS = {
-    "lr 0.0002, real share 0.5": ({"lr": 2e-4, "real_share": 0.5}, (300, 600)),
-    "lr 0.0001, real share 0.5": ({"lr": 1e-4, "real_share": 0.5}, (600,)),
-    "lr 0.0002, real share 0.75": ({"lr": 2e-4, "real_share": 0.75}, (600,)),
+    "lr 0.0002, real share 0.5": ({"lr": 2e-4, "real_share": 0.5}, (300, 600), FIRST_F),
+    "lr 0.0001, real share 0.5": ({"lr": 1e-4, "real_share": 0.5}, (600,), FIRST_F),
+    "lr 0.0002, real share 0.75": ({"lr": 2e-4, "real_share": 0.75}, (600,), FIRST_F),
+    "lr 0.0002, real share 0.75, F continued": ({"lr": 2e-4, "real_share": 0.75}, (600,), CONTINUED_F),
 }
 FINETUNE_COLUMNS = ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr", "white_psnr")
 
@@ -219,18 +224,19 @@ def mix_runs(params) -> list[tuple]:
     ]
 
 
-def finetune_runs(params, data: str, chosen: list[str], init: Path = Path("models/pretrain")) -> pd.DataFrame:
-    """Each ``chosen`` run (label "<variant>, <steps> steps") fine-tuned as the train stage would
-    (resuming its checkpoint folder) and scored on the val split: one row per object."""
+def finetune_runs(params, data: str, chosen: list[str]) -> pd.DataFrame:
+    """Each ``chosen`` run (label "<variant>, <steps> steps, <setting>") fine-tuned as the train
+    stage would (resuming its checkpoint folder) and scored on the val split: one row per object."""
     dataset = MultiViewDataset.for_split("train", data, params.ccm.normalization)
     val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
-    starts = (init / "denoiser", init / "reconstructor")
     rows = []
     for label, variant, steps, setting in finetune_labels():
         if label not in chosen:
             continue
         run = params.with_variant(variant)
-        changes = FINETUNE_SETTINGS[setting][0] | {"steps": steps}
+        changes, _, denoiser = FINETUNE_SETTINGS[setting]
+        starts = (denoiser, PRETRAINED_G)
+        changes = changes | {"steps": steps}
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, **changes))
         fingerprint = training_fingerprint(run, starts)  # the train stage's: its checkpoint resumes
         torch.manual_seed(run.seed)
@@ -259,7 +265,7 @@ def finetune_labels() -> list[tuple[str, str, int, str]]:
     ``finetune`` run: each setting of :data:`FINETUNE_SETTINGS` at each of its lengths."""
     return [
         (f"{name}, {steps} steps, {setting}", variant, steps, setting)
-        for setting, (_, lengths) in FINETUNE_SETTINGS.items()
+        for setting, (_, lengths, _) in FINETUNE_SETTINGS.items()
         for steps in lengths
         for name, variant in FINETUNE_VARIANTS.items()
     ]
@@ -397,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.part == "finetune":
         labels = [label for label, *_ in finetune_labels()]
         path = OUT / "finetune.csv"
-        _keep_others(finetune_runs(params, args.data, _runs(parser, labels, args.runs)), path, labels)
+        for label in _runs(parser, labels, args.runs):  # written run by run: a later run's crash loses no score
+            _keep_others(finetune_runs(params, args.data, [label]), path, labels)
         print(finetune_leads(pd.read_csv(path)).to_string(index=False, float_format="%.3f"))
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)

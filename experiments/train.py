@@ -4,6 +4,7 @@ fine-tuning with feedback).
 
   python experiments/train.py --pretrain denoiser        # F as plain multi-view diffusion
   python experiments/train.py --pretrain reconstructor   # G on ground-truth views
+  python experiments/train.py --pretrain denoiser_continued --init models/pretrain   # F again, from the first
   python experiments/train.py --variant main --init models/pretrain   # Algorithm 1, fine-tuned
   accelerate launch --config_file configs/accelerate/cpu_2proc.yaml experiments/train.py ...  # N ranks
 
@@ -26,6 +27,7 @@ from accelerate import PartialState
 
 from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
+from ouroboros3d.config.params import PRETRAININGS
 from ouroboros3d.data.dataset import MultiViewDataset
 from ouroboros3d.errors import ArgumentParser, count, guard
 from ouroboros3d.evaluation.metrics import object_seed
@@ -44,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--variant", default="main", help="main (the top-level params) or a name in params `variants`")
-    what.add_argument("--pretrain", choices=("denoiser", "reconstructor"), help="pretrain one component")
-    parser.add_argument("--init", help="folder with the pretrained denoiser/ and reconstructor/ to fine-tune from")
+    what.add_argument("--pretrain", choices=tuple(PRETRAININGS), help="pretrain one component (params pretrain.<run>)")
+    parser.add_argument(
+        "--init", help="folder with the pretrained denoiser/ and reconstructor/ to fine-tune (or continue) from"
+    )
+    parser.add_argument("--init-denoiser", help="F's start instead of <init>/denoiser (a published continuation)")
     parser.add_argument("--data", default="data", help="the data/ folder of the render and ccm stages")
     parser.add_argument("--stop-after", type=int, help="stop after this many steps, writing no model (tests, probes)")
     parser.add_argument(
@@ -58,15 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.pretrain:
-        params = params.for_pretraining(args.pretrain)
-        settings, objective = getattr(params.pretrain, args.pretrain), args.pretrain
+        objective, settings = params.pretraining(args.pretrain)
+        params = params.for_pretraining(objective)
         name, out = f"pretrain_{args.pretrain}", Path("models/pretrain") / args.pretrain
-        init = {args.pretrain: getattr(params.model, f"{args.pretrain}_init")}
+        init = {objective: Path(args.init) / objective if args.init else getattr(params.model, f"{objective}_init")}
     else:
         params = params.with_variant(args.variant)
         settings, objective = params.train, "joint"
         name, out = args.variant, Path("models") / args.variant
         init = {part: Path(args.init) / part if args.init else None for part in ("denoiser", "reconstructor")}
+    if args.init_denoiser:
+        init["denoiser"] = Path(args.init_denoiser)
     lpips = load_lpips() if settings.lpips_weight > 0 and objective != "denoiser" else None
     dataset = MultiViewDataset.for_split("train", args.data, params.ccm.normalization)
     torch.manual_seed(params.seed)

@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run in this folder (kept) instead of a temporary one")
     args = parser.parse_args()
-    from conftest import tiny_raw
+    from conftest import frozen_stages, tiny_raw
     from test_pipeline_e2e import _copy_repository
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +72,7 @@ def main() -> None:
         }
         # the published pretrained weights are for params.yaml, not the tiny params: re-create them
         # (as tests/test_pipeline_e2e.py does; the pretraining stages are frozen for fresh clones)
-        unfreeze = [str(bin_dir / "dvc"), "unfreeze", "pretrain_denoiser", "pretrain_reconstructor"]
+        unfreeze = [str(bin_dir / "dvc"), "unfreeze", *frozen_stages(repo)]
         subprocess.run(unfreeze, cwd=repo, env=env, check=True, capture_output=True)
         run = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
         if run.returncode:

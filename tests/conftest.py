@@ -61,10 +61,23 @@ TINY = {
     "pretrain": {
         "denoiser": {"steps": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "validate_every": 1},
         "reconstructor": {"steps": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1},
+        "denoiser_continued": {
+            "steps": 2,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "warmup_steps": 1,
+            "validate_every": 1,
+        },
     },
     "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1, "lr": 1e-3},
     "sample": {"steps": 3, "guidance": [1.0, 2.0]},
 }
+
+
+def frozen_stages(root: Path = ROOT) -> list[str]:
+    """The published pretraining stages (frozen in dvc.yaml): a run on other params re-creates them."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return [name for name, stage in stages.items() if stage.get("frozen")]
 
 
 def tiny_raw(**changes) -> dict:

@@ -152,7 +152,8 @@ def test_the_stages_that_train_f_re_run_when_any_sampling_setting_changes():
     and the generate_example stage: a new sampler must not leave them stale."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     before = _tracked_values(raw)
-    trains_f = {"pretrain_denoiser", "train", *(f"train_variant@{v}" for v in raw["train_variants"])}
+    variants = (f"train_variant@{v}" for v in raw["train_variants"])
+    trains_f = {"pretrain_denoiser", "pretrain_denoiser_continued", "train", *variants}
     for key, value in (("sampler", "heun" if raw["sample"]["sampler"] != "heun" else "euler"), ("feedback_start", 0.5)):
         edited = copy.deepcopy(raw)
         edited["sample"][key] = value

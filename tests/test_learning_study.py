@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, load_script, tiny_params, tiny_raw
 
 from ouroboros3d.build import build_model
-from ouroboros3d.config import params_from_dict
+from ouroboros3d.config import load_params, params_from_dict
 from ouroboros3d.data import render_dataset, write_ccms
 from ouroboros3d.data.render_stage import real_training_objects
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
@@ -78,7 +78,7 @@ def test_a_finetune_setting_changes_only_its_train_params(monkeypatch):
     monkeypatch.setattr(study.MultiViewDataset, "for_split", staticmethod(lambda *a, **k: None))
     monkeypatch.setattr(study, "initialise", lambda *a, **k: None)
     folders = set()
-    for setting, (changes, lengths) in study.FINETUNE_SETTINGS.items():
+    for setting, (changes, lengths, _) in study.FINETUNE_SETTINGS.items():
         for steps in lengths:
             label = f"baseline, {steps} steps, {setting}"
             assert (label, "baseline", steps, setting) in study.finetune_labels()
@@ -119,10 +119,43 @@ def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_pat
     capsys.readouterr()
 
     study = load_study()
-    monkeypatch.setattr(study, "FINETUNE_SETTINGS", {"params.yaml's": ({}, (params.train.steps,))})
+    monkeypatch.setattr(study, "FINETUNE_SETTINGS", {"params.yaml's": ({}, (params.train.steps,), study.FIRST_F)})
     rows = study.finetune_runs(params, "data", [f"full, {params.train.steps} steps, params.yaml's"])
     assert f"at step {params.train.steps}" in capsys.readouterr().out  # resumed at the end: no step redone
     stage = pd.read_csv(tmp_path / "val" / "main" / "per_object.csv")
     assert rows["object_id"].tolist() == stage["object_id"].tolist()
     for column in ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr"):
         assert rows[column].tolist() == stage[column].tolist(), column
+
+
+def test_the_study_starts_its_latest_setting_where_the_train_stages_start():
+    """The fine-tune study's newest setting is the train stages' own (params.yaml's train section,
+    dvc.yaml's starts), so the stages resume its runs and its val rows describe their models."""
+    study = load_study()
+    changes, _, denoiser = list(study.FINETUNE_SETTINGS.values())[-1]
+    train = load_params(ROOT / "params.yaml").train
+    assert all(getattr(train, k) == v for k, v in changes.items())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in (stages["train"], stages["train_variant"]["do"]):
+        assert f"--init-denoiser {denoiser}" in stage["cmd"] and str(denoiser) in stage["deps"]
+        assert str(study.PRETRAINED_G) in stage["deps"]
+
+
+def test_finetune_writes_each_run_before_the_next_starts(tmp_path, monkeypatch):
+    """A crash in a later run loses none of the earlier runs' val rows."""
+    study = load_study()
+    monkeypatch.setattr(study, "OUT", tmp_path)
+    done, one = [], "600 steps, lr 0.0002, real share 0.5"
+
+    def runs(params, data, chosen):
+        if done:
+            raise RuntimeError("killed in the second run")
+        done.extend(chosen)
+        row = {"run": chosen[0], "setting": "s", "steps": 600, "object_id": "ycb-a"}
+        return pd.DataFrame([row | {c: 20.0 for c in study.FINETUNE_COLUMNS}])
+
+    monkeypatch.setattr(study, "finetune_runs", runs)
+    with pytest.raises(RuntimeError, match="second run"):
+        study.main(["finetune", "--params", str(ROOT / "params.yaml"), "--runs", one])
+    written = pd.read_csv(tmp_path / "finetune.csv")
+    assert done == [f"full, {one}"] and written["run"].tolist() == done

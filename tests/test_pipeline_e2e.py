@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import CHILD_ENV, ROOT, tiny_raw
+from conftest import CHILD_ENV, ROOT, frozen_stages, tiny_raw
 from PIL import Image
 from safetensors import safe_open
 
@@ -57,11 +57,12 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     env = os.environ | CHILD_ENV | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo)}
     # the published pretrained weights are for params.yaml, not these tiny params: re-create them
     # as the README says (the pretraining stages are frozen so that a clone starts from them)
-    unfreeze = [str(BIN / "dvc"), "unfreeze", "pretrain_denoiser", "pretrain_reconstructor"]
+    unfreeze = [str(BIN / "dvc"), "unfreeze", *frozen_stages(repo)]
     subprocess.run(unfreeze, cwd=repo, env=env, check=True, capture_output=True)
     run = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "Running stage 'pretrain_denoiser'" in run.stdout
+    assert "Running stage 'pretrain_denoiser_continued'" in run.stdout
 
     metrics = json.loads((repo / "results" / "metrics.json").read_text())
     assert metrics and all(isinstance(v, (int, float, dict, str)) for v in metrics.values())
@@ -93,9 +94,10 @@ def test_tiny_dvc_repro_produces_every_table_and_figure_and_the_notebook_runs(tm
     assert main_metrics["step"] == 3 and main_metrics["run"]["finished"] and "loss_mv" in main_metrics["train"]
     assert main_metrics["train"]["loss"] == loss["loss"].iloc[-1] and "mv_psnr" in main_metrics["val"]
     run_params = yaml.safe_load((train_log / "main" / "params.yaml").read_text())
-    for part in ("denoiser", "reconstructor"):  # pretrained once, every fine-tune starts from them
-        assert _weights(repo / "models" / "pretrain" / part)
-        assert run_params["init"][part] == f"models/pretrain/{part}"
+    # pretrained once (F twice: the second from the first), every fine-tune starts from them
+    for part, start in (("denoiser", "denoiser_continued"), ("reconstructor", "reconstructor")):
+        assert _weights(repo / "models" / "pretrain" / part) and _weights(repo / "models" / "pretrain" / start)
+        assert run_params["init"][part] == f"models/pretrain/{start}"
     val = pd.read_csv(train_log / "pretrain_denoiser" / "plots" / "metrics" / "val" / "white_psnr.tsv", sep="\t")
     assert val["step"].tolist() == [1, 2] and (val["white_psnr"] > 0).all()
     val_g = {p.stem for p in (train_log / "pretrain_reconstructor" / "plots" / "metrics" / "val").glob("*.tsv")}

@@ -204,3 +204,17 @@ def test_ema_warms_up_and_skips_frozen_parameters():
     for _ in range(10_000):
         ema.updates += 1
     assert ema.current_decay() == 0.999
+
+
+def test_a_pretraining_run_names_its_component_and_settings():
+    params = tiny_params()
+    assert params.pretraining("denoiser") == ("denoiser", params.pretrain.denoiser)
+    assert params.pretraining("reconstructor") == ("reconstructor", params.pretrain.reconstructor)
+    # the second publication of F trains F, with its own settings
+    part, settings = params.pretraining("denoiser_continued")
+    assert part == "denoiser" and settings == params.pretrain.denoiser_continued
+    unset = dataclasses.replace(params, pretrain=dataclasses.replace(params.pretrain, denoiser_continued=None))
+    with pytest.raises(ParamsError, match=r"pretrain\.denoiser_continued: is not set"):
+        unset.pretraining("denoiser_continued")
+    with pytest.raises(ParamsError, match="no pretraining 'feedback'"):
+        params.pretraining("feedback")

@@ -36,6 +36,8 @@ VARIANT_KEYS = ("seed", "feedback", "feedback_maps", "joint", "model", "train")
 # ... and the switches it must set: a Table 2 row is its own switches, never the top-level ones,
 # so `dvc exp run -S feedback=false` (a change of the main model) leaves every variant as it was
 VARIANT_SWITCHES = ("feedback", "feedback_maps", "joint")
+# pretraining runs -> the component each trains (experiments/train.py --pretrain RUN)
+PRETRAININGS = {"denoiser": "denoiser", "reconstructor": "reconstructor", "denoiser_continued": "denoiser"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,14 @@ class Params:
         on the ground-truth views (joint off); its settings are ``pretrain.<part>``."""
         _check(part in ("denoiser", "reconstructor"), "pretrain", f"no component {part!r} to pretrain")
         return dataclasses.replace(self, feedback=False, joint=part != "reconstructor")
+
+    def pretraining(self, run: str) -> tuple[str, TrainSettings]:
+        """The component a pretraining ``run`` (``denoiser``, ``reconstructor``,
+        ``denoiser_continued``) trains, and its settings ``pretrain.<run>``."""
+        _check(run in PRETRAININGS, "pretrain", f"no pretraining {run!r}; have {list(PRETRAININGS)}")
+        settings = getattr(self.pretrain, run)
+        _check(settings is not None, f"pretrain.{run}", "is not set: add the section to run this pretraining")
+        return PRETRAININGS[run], settings
 
     def with_variant(self, name: str) -> Params:
         """The params of variant ``name``: its ``variants`` block deep-merged over these params.

@@ -188,10 +188,15 @@ class PretrainParams:
 
     denoiser: TrainSettings = field(default_factory=TrainSettings)
     reconstructor: TrainSettings = field(default_factory=TrainSettings)
+    # a second publication of F that starts from the first (``models/pretrain/denoiser``), so
+    # each stays reproducible from its own start; null: the fine-tunes start from the first
+    denoiser_continued: TrainSettings | None = None
 
     def validate(self, key: str) -> None:
         self.denoiser.validate(f"{key}.denoiser")
         self.reconstructor.validate(f"{key}.reconstructor")
+        if self.denoiser_continued is not None:
+            self.denoiser_continued.validate(f"{key}.denoiser_continued")
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,13 @@ def _setup(params) -> str:
         f"- model: preset `{params.preset}`, latent `{m.latent}`, reconstructor input {m.reconstructor.image_size}² "
         f"from views {list(m.recon_views)}, {m.reconstructor.splat_size}² splats per view\n"
         f"- pretraining F (plain multi-view diffusion, the SVD analogue): {_schedule(pre.denoiser)}\n"
-        f"- pretraining G (on ground-truth views, the LGM analogue): {_schedule(pre.reconstructor)}\n"
+        + (
+            f"- F published again, continued from the first: {_schedule(pre.denoiser_continued)}, "
+            f"real share {pre.denoiser_continued.real_share} (the first: {pre.denoiser.real_share})\n"
+            if pre.denoiser_continued
+            else ""
+        )
+        + f"- pretraining G (on ground-truth views, the LGM analogue): {_schedule(pre.reconstructor)}\n"
         f"- fine-tuning every Table 2 model from them: {_schedule(t)}, "
         f"LPIPS weight {t.lpips_weight}, second pass with probability {t.feedback_prob}\n"
         f"- sampling: {s.steps} steps of {SAMPLER_NAMES[s.sampler]}, sigma {s.sigma_max} → {s.sigma_min}, "
