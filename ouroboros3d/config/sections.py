@@ -189,7 +189,8 @@ class PretrainParams:
     denoiser: TrainSettings = field(default_factory=TrainSettings)
     reconstructor: TrainSettings = field(default_factory=TrainSettings)
     # a second publication of F that starts from the first (``models/pretrain/denoiser``), so
-    # each stays reproducible from its own start; null: the fine-tunes start from the first
+    # each stays reproducible from its own start (dvc.yaml: the fine-tunes start from it);
+    # null: no second publication (``train.py --pretrain denoiser_continued`` then says so)
     denoiser_continued: TrainSettings | None = None
 
     def validate(self, key: str) -> None:
