@@ -77,7 +77,8 @@ def test_pretraining_f_reproduces_its_published_curves_from_the_seed(tmp_path):
     ):  # fmt: skip
         run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    for name, start in (("denoiser", []), ("denoiser_continued", ["--init", str(ROOT / "models" / "pretrain")])):
+    for name in ("denoiser", "denoiser_continued"):
+        start = [f"--init={folder.parent}" for folder in STARTS.get(name, ())]  # train.py: <init>/denoiser
         log = f"results/train/pretrain_{name}/plots/metrics/train/loss.tsv"
         published = pd.read_csv(ROOT / log, sep="\t")
         first = int(published["step"].iloc[0])
