@@ -5,6 +5,7 @@
     python benchmarks/learning_study.py mix      [--steps 500] [--runs share]  # the data mix, one lever per run
     python benchmarks/learning_study.py finetune [--runs 600]   # Table 2's full and baseline: length, settings
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
+    python benchmarks/learning_study.py sampling-finetuned [--runs churn]  # Table 2's full and baseline
     python benchmarks/learning_study.py mean     [--model models/pretrain/denoiser] [--draws 4]
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
 
@@ -13,6 +14,9 @@ Every number is on the validation split (objects neither trained on nor evaluate
 conditional mean), a full sample of plain multi-view diffusion (no G) and the trivial
 baselines. ``noise`` and ``size`` pretrain F from scratch with the params' ``pretrain.denoiser``
 settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed weights.
+``sampling-finetuned`` sweeps sampler, steps and guidance on the weights Table 2 reads: the
+``train`` stages' full model (``models/main``, the recursive loop with feedback) and baseline
+(``models/baseline``), scored as ``evaluate.py --split val`` does (per object: views, 3D, 1-step).
 ``mean`` asks where the 1-step sample loses to copy-input: per object, in PSNR and in MSE,
 one noise draw against the average of ``--draws`` draws (each D(σ_max · noise) estimates the
 same conditional mean, so their spread is F's sensitivity to noise it should ignore).
@@ -56,13 +60,30 @@ from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
 from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
-from ouroboros3d.reporting.study import finetune_leads
+from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
+from ouroboros3d.reporting.study import finetune_leads, sampling_leads
 from ouroboros3d.sampling import sample, sample_kwargs
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
 from ouroboros3d.training.validation import MIN_MSE, stack_items, validation_scores
 
 OUT = Path("results/study")
+# label -> sample overrides of the ``sampling-finetuned`` sweep, spelt out in full (sampler,
+# steps, guidance) so a row keeps its meaning when params.yaml moves on
+FINETUNED_SAMPLING = {
+    f"{name} {steps}{', guidance ' + str(g) if g != 1.0 else ''}": {
+        "sampler": sampler, "steps": steps, "guidance": (1.0, g)
+    }
+    for name, sampler, steps, g in [
+        ("EDM stochastic (churn)", "euler_churn", 10, 1.0),
+        ("EDM stochastic (churn)", "euler_churn", 5, 1.0),
+        ("EDM stochastic (churn)", "euler_churn", 25, 1.0),
+        ("Euler", "euler", 5, 1.0),
+        ("Euler", "euler", 10, 1.0),
+        ("Euler", "euler", 25, 1.0),
+        ("EDM stochastic (churn)", "euler_churn", 10, 1.5),
+    ]
+}  # fmt: skip
 # label -> pretrain settings changes: the pretraining's earlier setting, EDM2's pixel preset,
 # the paper's, an even mixture of the first and the third, and the regression reference
 # (ln sigma pinned at ln sigma_max: its p_mean is filled in by main)
@@ -120,12 +141,13 @@ def _runs(parser: argparse.ArgumentParser, labels: list[str], words: list[str] |
     return chosen
 
 
-def _keep_others(df: pd.DataFrame, path: Path, labels: list[str]) -> None:
-    """Write ``df`` to ``path`` with the rows of the runs it did not re-run, in ``labels``' order."""
+def _keep_others(df: pd.DataFrame, path: Path, labels: list[str], column: str = "run") -> None:
+    """Write ``df`` to ``path`` with the rows of the runs (named in ``column``) it did not re-run,
+    in ``labels``' order."""
     if path.exists():
         old = pd.read_csv(path)
-        df = pd.concat([old[~old["run"].isin(df["run"])], df])
-        df = df.sort_values("run", key=lambda s: s.map(labels.index), kind="stable")
+        df = pd.concat([old[~old[column].isin(df[column])], df])
+        df = df.sort_values(column, key=lambda s: s.map(labels.index), kind="stable")
     _csv(df, path)
 
 
@@ -271,6 +293,29 @@ def finetune_labels() -> list[tuple[str, str, int, str]]:
     ]
 
 
+def finetuned_sampling(params, data: str, chosen: list[str], models: Path = Path("models")) -> pd.DataFrame:
+    """Table 2's full model and baseline (the ``train`` stages' weights under ``models``) sampled
+    on the val split with each ``chosen`` setting of :data:`FINETUNED_SAMPLING`: one row per object."""
+    val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
+    rows = []
+    for name, variant in FINETUNE_VARIANTS.items():
+        model = Ouroboros3DPipeline.from_pretrained(models / variant).model
+        for label in chosen:
+            overrides = FINETUNED_SAMPLING[label] | {"reconstruct": "every_step"}
+            kwargs = sample_kwargs(params.sample, **overrides | {"sampler": edm.SAMPLERS[overrides["sampler"]]})
+            evaluator = Evaluator(
+                model, params, kwargs, lpips=None, inception=Unavailable("FID is not part of the study"),
+                record=set(), device="cpu", mesh=False,
+            )  # fmt: skip
+            scored, seconds = evaluate_objects(
+                evaluator, val, val.object_ids, params.evaluation.batch_size, seed=params.seed,
+                desc=f"{name}: {label}", progress=True,
+            )  # fmt: skip
+            rows += [{"model": name, "setting": label, "object_id": r["object_id"]}
+                     | {c: r[c] for c in FINETUNE_COLUMNS} | {"seconds": seconds} for r in scored]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
     """Per val object: PSNR and MSE (non-input views) of copy-input, of the 1-step sample with
     the object's own seed (the validation's ``x0_psnr``) and of the mean of ``draws`` of them."""
@@ -304,9 +349,14 @@ def figure() -> None:
 
     parts = {p.stem: pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))}
     curves = [k for k in ("noise", "size", "mix") if k in parts]
-    panels = len(curves) + ("finetune" in parts) + ("sampling" in parts)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
-    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    panels = len(curves) + ("finetune" in parts) + ("sampling" in parts) + ("sampling_finetuned" in parts)
+    columns = min(panels, 3)
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    axes = list(axes.flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
     for ax, part in zip(axes, curves, strict=False):
         df = parts[part]
         for run, g in df.groupby("run", sort=False):
@@ -334,6 +384,21 @@ def figure() -> None:
         low = min(means["copy_input_psnr"].min(), means[["3d_psnr", "mv_psnr"]].min().min())
         ax.set_ylim(low - 1.0, means[["3d_psnr", "mv_psnr"]].max().max() + 0.1)  # room for the legend below
         ax.legend(fontsize=6, loc="lower center")
+    if "sampling_finetuned" in parts:
+        ax = axes[len(curves) + ("finetune" in parts)]
+        df = parts["sampling_finetuned"]
+        means = df.groupby(["setting", "model"], sort=False)[["3d_psnr", "mv_psnr"]].mean()
+        settings = list(df["setting"].unique())
+        for k, model in enumerate(FINETUNE_VARIANTS):
+            ys = [y + 0.4 * k - 0.2 for y in range(len(settings))]
+            m = means.xs(model, level="model").reindex(settings)
+            ax.barh(ys, m["3d_psnr"], height=0.4, color=f"C{k}", label=f"{model}: 3D")
+            ax.plot(m["mv_psnr"], ys, "o", mfc="none", color="k", ms=4, label="views" if k else None)
+        ax.axvline(df["copy_input_psnr"].mean(), color="k", ls="--", lw=1, label="copy input view")
+        ax.set_yticks(range(len(settings)), settings, fontsize=7)
+        ax.set(title="sampling the fine-tuned models", xlabel="val PSNR, non-input views (dB)")
+        ax.set_xlim(df["copy_input_psnr"].mean() - 1, means.max().max() + 0.3)
+        ax.legend(fontsize=6, loc="upper left")  # over the bars' bodies, not their ends
     if "sampling" in parts:
         df = parts["sampling"]
         ax = axes[-1]
@@ -351,7 +416,9 @@ def figure() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("noise", "size", "mix", "finetune", "sampling", "mean", "figure"))
+    parser.add_argument(
+        "part", choices=("noise", "size", "mix", "finetune", "sampling", "sampling-finetuned", "mean", "figure")
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data")
     parser.add_argument(
@@ -361,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
     parser.add_argument(
-        "--runs", nargs="*", help="noise, mix, finetune: re-run only runs whose label contains one of these words"
+        "--runs",
+        nargs="*",
+        help="noise, mix, finetune, sampling-finetuned: re-run only runs whose label contains one of these words",
     )
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
     parser.add_argument("--draws", type=int, default=4, help="mean: 1-step samples averaged per object")
@@ -406,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         for label in _runs(parser, labels, args.runs):  # written run by run: a later run's crash loses no score
             _keep_others(finetune_runs(params, args.data, [label]), path, labels)
         print(finetune_leads(pd.read_csv(path)).to_string(index=False, float_format="%.3f"))
+    elif args.part == "sampling-finetuned":
+        labels = list(FINETUNED_SAMPLING)
+        df = finetuned_sampling(params, args.data, _runs(parser, labels, args.runs))
+        _keep_others(df, OUT / "sampling_finetuned.csv", labels, column="setting")
+        print(sampling_leads(pd.read_csv(OUT / "sampling_finetuned.csv")).to_string(index=False, float_format="%.3f"))
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         "0: read in the training process); changes no number",
     )
     args = parser.parse_args(argv)
+    if args.init_denoiser and args.pretrain and PRETRAININGS[args.pretrain] != "denoiser":
+        parser.error(f"--init-denoiser sets F's start, but --pretrain {args.pretrain} trains G alone")
     params = load_params(args.params)
     if args.pretrain:
         objective, settings = params.pretraining(args.pretrain)

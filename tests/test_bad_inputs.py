@@ -156,6 +156,7 @@ CASES = [
     case("train", "--params {ws}/params.yaml --data {empty}", "no rendered objects"),
     case("train", "--params {ws}/params.yaml --pretrain denoiser --data {empty}", "no rendered objects"),
     case("train", "--params {ws}/params.yaml --variant nonsense --data {empty}", "unknown variant"),
+    case("train", "--pretrain reconstructor --init-denoiser {ws} --data {empty}", "trains G alone"),
     case("train", "--params {ws}/negative_steps.yaml --data {empty}", "train.steps"),
     case("train", "--params {ws}/missing.yaml --data {empty}", "params file not found"),
     # evaluate stage

@@ -1,5 +1,6 @@
 """benchmarks/learning_study.py: the data-mix runs (fewer orbits per real object, taken from the
-rendered split) and the fine-tune runs (the train stage's training, evaluate.py's val scores)."""
+rendered split), the fine-tune runs (the train stage's training, evaluate.py's val scores) and
+the sampling sweep on the fine-tuned models (evaluate.py's val scores under other samplers)."""
 
 from __future__ import annotations
 
@@ -127,6 +128,15 @@ def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_pat
     for column in ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr"):
         assert rows[column].tolist() == stage[column].tolist(), column
 
+    # the sampling sweep on the stage's saved model: with the params' own sampler, evaluate's rows
+    monkeypatch.setattr(study, "FINETUNE_VARIANTS", {"full": "main"})
+    own = {"sampler": params.sample.sampler, "steps": params.sample.steps, "guidance": tuple(params.sample.guidance)}
+    monkeypatch.setattr(study, "FINETUNED_SAMPLING", {"params.yaml's": own})
+    sampled = study.finetuned_sampling(params, "data", ["params.yaml's"])
+    assert sampled["object_id"].tolist() == stage["object_id"].tolist()
+    for column in ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr"):
+        assert sampled[column].tolist() == stage[column].tolist(), column
+
 
 def test_the_study_starts_its_latest_setting_where_the_train_stages_start():
     """The fine-tune study's newest setting is the train stages' own (params.yaml's train section,
@@ -159,3 +169,34 @@ def test_finetune_writes_each_run_before_the_next_starts(tmp_path, monkeypatch):
         study.main(["finetune", "--params", str(ROOT / "params.yaml"), "--runs", one])
     written = pd.read_csv(tmp_path / "finetune.csv")
     assert done == [f"full, {one}"] and written["run"].tolist() == done
+
+
+def test_the_figure_has_a_panel_per_study_table_three_to_a_row(tmp_path, monkeypatch):
+    """finetune, sampling and sampling-finetuned: three panels, one row of a 3-column grid;
+    a fourth table starts a second row."""
+    from PIL import Image
+
+    study = load_study()
+    monkeypatch.setattr(study, "OUT", tmp_path / "study")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "paper" / "figures").mkdir(parents=True)
+    scores = {c: 20.0 for c in study.FINETUNE_COLUMNS}
+    pd.DataFrame(
+        [
+            {"run": f"{m}, 600 steps, s", "setting": "s", "steps": 600, "object_id": "a"} | scores
+            for m in ("full", "baseline")
+        ]
+    ).to_csv(tmp_path / "study" / "finetune.csv", index=False)
+    pd.DataFrame([{"setting": "Euler 5"} | scores]).to_csv(tmp_path / "study" / "sampling.csv", index=False)
+    pd.DataFrame([{"model": m, "setting": "Euler 5", "object_id": "a"} | scores for m in ("full", "baseline")]).to_csv(
+        tmp_path / "study" / "sampling_finetuned.csv", index=False
+    )
+    study.figure()
+    one_row = Image.open(tmp_path / "paper" / "figures" / "study.png").size
+    curve = [{"run": "r", "step": s} | scores for s in (100, 200)]
+    pd.DataFrame(curve).to_csv(tmp_path / "study" / "noise.csv", index=False)
+    study.figure()
+    two_rows = Image.open(tmp_path / "paper" / "figures" / "study.png").size
+    assert one_row[0] == two_rows[0] and one_row[0] > 2 * one_row[1]  # three panels wide, one high
+    assert two_rows[1] > 1.8 * one_row[1]

@@ -136,6 +136,30 @@ def test_the_finetune_study_pairs_within_each_setting():
     assert leads.loc["lr 0.0001", "full 3d_psnr"] == pytest.approx(20.0)
 
 
+def test_the_sampling_study_pairs_full_and_baseline_per_setting(tmp_path):
+    """Leads 0, 1, 1 (mean 2/3) under one sampler, -1 under another; a setting with only the
+    full model is left out; copy-input's mean beside."""
+    rows = [
+        {"model": model, "setting": setting, "object_id": o, "mv_psnr": 20.0 + k + lead * (model == "full"),
+         "3d_psnr": d + (setting == "Euler 5") * -(model == "full"), "copy_input_psnr": 19.0 + k}
+        for setting, lead in (("churn 10", 0.5), ("Euler 5", 0.0))
+        for model, scores in (("full", (20, 21, 22)), ("baseline", (20, 20, 21)))
+        for k, (o, d) in enumerate(zip("abc", scores, strict=True))
+    ] + [{"model": "full", "setting": "Heun 12", "object_id": "a", "mv_psnr": 20.0, "3d_psnr": 20.0,
+          "copy_input_psnr": 19.0}]  # fmt: skip
+    (tmp_path / "study").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "study/sampling_finetuned.csv", index=False)
+    leads = study.sampling_leads(pd.read_csv(tmp_path / "study/sampling_finetuned.csv")).set_index("setting")
+    assert leads.index.tolist() == ["churn 10", "Euler 5"]
+    assert leads.loc["churn 10", "lead 3d_psnr"] == pytest.approx(2 / 3)
+    assert leads.loc["churn 10", "lead mv_psnr"] == pytest.approx(0.5)
+    assert leads.loc["Euler 5", "lead 3d_psnr"] == pytest.approx(-1 / 3)
+    assert leads.loc["Euler 5", "copy-input"] == pytest.approx(20.0)
+    table = study._study_sampling_finetuned(tmp_path / "study/sampling_finetuned.csv")
+    assert "| churn 10 | 21.00 | 20.33 | +0.67 [-0.77, +2.10] | 21.50 | 21.00 | +0.50 [" in table
+    assert "not run" in study._study_sampling_finetuned(tmp_path / "absent.csv")
+
+
 def test_the_report_names_every_sampler_the_params_can_choose(params):
     import dataclasses
 

@@ -98,7 +98,7 @@ class Params:
     def for_pretraining(self, part: str) -> Params:
         """The params component ``part``'s pretraining runs with: no feedback (F alone), and G
         on the ground-truth views (joint off); its settings are ``pretrain.<part>``."""
-        _check(part in ("denoiser", "reconstructor"), "pretrain", f"no component {part!r} to pretrain")
+        _check(part in PRETRAININGS.values(), "pretrain", f"no component {part!r} to pretrain")
         return dataclasses.replace(self, feedback=False, joint=part != "reconstructor")
 
     def pretraining(self, run: str) -> tuple[str, TrainSettings]:

@@ -11,7 +11,7 @@ import pandas as pd
 from .comparison import paired
 from .results_files import read_csv_file
 
-__all__ = ["finetune_leads", "study_tables"]
+__all__ = ["finetune_leads", "sampling_leads", "study_tables"]
 
 STUDY_COLUMNS = {
     "x0_psnr": "1-step x0",
@@ -40,6 +40,7 @@ def study_tables(results: Path) -> str:
         parts.append("\n".join(lines) + "\n")
     parts.append(_study_mean(results / "study" / "mean.csv"))
     parts.append(_study_finetune(results / "study" / "finetune.csv"))
+    parts.append(_study_sampling_finetuned(results / "study" / "sampling_finetuned.csv"))
     return "\n".join(parts)
 
 
@@ -62,6 +63,52 @@ def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
             row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
         out.append(row)
     return pd.DataFrame(out)
+
+
+def sampling_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """The ``sampling-finetuned`` study (rows: model "full" or "baseline", setting, val object):
+    per sampling setting, both models' means and the full model's paired lead over the baseline
+    (the claims table's method), for the 3D and MV PSNR; the 1-step and copy-input means beside."""
+    out = []
+    for setting, g in df.groupby("setting", sort=False):
+        runs = {m: x.set_index("object_id") for m, x in g.groupby("model")}
+        if not {"full", "baseline"} <= set(runs):
+            continue
+        row = {"setting": setting}
+        for c in ("3d_psnr", "mv_psnr"):
+            lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
+                ("mean", "lo", "hi"), math.nan
+            )
+            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
+            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
+        row |= {"copy-input": runs["full"]["copy_input_psnr"].mean()}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _study_sampling_finetuned(path: Path) -> str:
+    """The ``sampling-finetuned`` part: Table 2's full model and baseline under each sampler, on val."""
+    if not path.exists():
+        return "*sampling-finetuned: not run (`python benchmarks/learning_study.py sampling-finetuned`)*\n"
+    remedy = "re-create it with `python benchmarks/learning_study.py sampling-finetuned`"
+    df = read_csv_file(
+        path, remedy, ("model", "setting", "object_id", "mv_psnr", "3d_psnr", "copy_input_psnr"),
+        ("mv_psnr", "3d_psnr", "copy_input_psnr"),
+    )  # fmt: skip
+    lines = [
+        f"**sampling-finetuned** (`{path}`, {df['object_id'].nunique()} val objects, the `train` stages' "
+        "weights; lead: full − baseline, paired, 95% CI)",
+        "",
+        "| sampling | full 3D | baseline 3D | lead 3D | full MV | baseline MV | lead MV | copy-input |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sampling_leads(df).to_dict("records"):
+        cells = [r["setting"]]
+        for c in ("3d_psnr", "mv_psnr"):
+            lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
+            cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
+        lines.append("| " + " | ".join([*cells, f"{r['copy-input']:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _study_finetune(path: Path) -> str:
