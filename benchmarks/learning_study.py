@@ -270,16 +270,22 @@ def finetune_runs(params, data: str, chosen: list[str]) -> pd.DataFrame:
             OUT / "runs" / re.sub(r"\W+", "_", label).strip("_").lower(), seed=run.seed, fingerprint=fingerprint,
         )  # fmt: skip
         summary["ema"].copy_to(model)
-        evaluator = Evaluator(
-            model.eval(), run, sample_kwargs(run.sample, reconstruct="every_step"), lpips=None,
-            inception=Unavailable("FID is not part of the study"), record=set(), device="cpu", mesh=False,
-        )  # fmt: skip
-        scored, _ = evaluate_objects(
-            evaluator, val, val.object_ids, run.evaluation.batch_size, seed=run.seed, desc=label, progress=True
-        )
-        rows += [{"run": label, "setting": setting, "steps": steps, "object_id": r["object_id"]}
-                 | {c: r[c] for c in FINETUNE_COLUMNS} for r in scored]  # fmt: skip
+        scored, _ = _val_rows(model.eval(), run, sample_kwargs(run.sample, reconstruct="every_step"), val, label)
+        rows += [{"run": label, "setting": setting, "steps": steps} | r for r in scored]
     return pd.DataFrame(rows)
+
+
+def _val_rows(model, params, kwargs: dict, val: MultiViewDataset, desc: str) -> tuple[list[dict], float]:
+    """``model`` on every val object as ``evaluate.py --split val`` scores it, sampled with
+    ``kwargs``: per object its id and :data:`FINETUNE_COLUMNS`; and the wall time in seconds."""
+    evaluator = Evaluator(
+        model, params, kwargs, lpips=None, inception=Unavailable("FID is not part of the study"), record=set(),
+        device="cpu", mesh=False,
+    )  # fmt: skip
+    scored, seconds = evaluate_objects(
+        evaluator, val, val.object_ids, params.evaluation.batch_size, seed=params.seed, desc=desc, progress=True
+    )
+    return [{"object_id": r["object_id"]} | {c: r[c] for c in FINETUNE_COLUMNS} for r in scored], seconds
 
 
 def finetune_labels() -> list[tuple[str, str, int, str]]:
@@ -301,18 +307,12 @@ def finetuned_sampling(params, data: str, chosen: list[str], models: Path = Path
     for name, variant in FINETUNE_VARIANTS.items():
         model = Ouroboros3DPipeline.from_pretrained(models / variant).model
         for label in chosen:
-            overrides = FINETUNED_SAMPLING[label] | {"reconstruct": "every_step"}
-            kwargs = sample_kwargs(params.sample, **overrides | {"sampler": edm.SAMPLERS[overrides["sampler"]]})
-            evaluator = Evaluator(
-                model, params, kwargs, lpips=None, inception=Unavailable("FID is not part of the study"),
-                record=set(), device="cpu", mesh=False,
-            )  # fmt: skip
-            scored, seconds = evaluate_objects(
-                evaluator, val, val.object_ids, params.evaluation.batch_size, seed=params.seed,
-                desc=f"{name}: {label}", progress=True,
-            )  # fmt: skip
-            rows += [{"model": name, "setting": label, "object_id": r["object_id"]}
-                     | {c: r[c] for c in FINETUNE_COLUMNS} | {"seconds": seconds} for r in scored]  # fmt: skip
+            setting = FINETUNED_SAMPLING[label]
+            kwargs = sample_kwargs(
+                params.sample, **setting | {"sampler": edm.SAMPLERS[setting["sampler"]], "reconstruct": "every_step"}
+            )
+            scored, seconds = _val_rows(model, params, kwargs, val, f"{name}: {label}")
+            rows += [{"model": name, "setting": label} | r | {"seconds": seconds} for r in scored]
     return pd.DataFrame(rows)
 
 
@@ -353,12 +353,11 @@ def figure() -> None:
     columns = min(panels, 3)
     rows = math.ceil(panels / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
-    axes = list(axes.flat)
-    for ax in axes[panels:]:
+    for ax in axes.flat[panels:]:
         ax.set_visible(False)
-    axes = axes[:panels]
-    for ax, part in zip(axes, curves, strict=False):
-        df = parts[part]
+    free = iter(axes.flat)  # each part below takes the next panel, in the order drawn
+    for part in curves:
+        ax, df = next(free), parts[part]
         for run, g in df.groupby("run", sort=False):
             (line,) = ax.plot(g["step"], g["mv_psnr"], "o-", label=f"{run}: sampled")
             ax.plot(g["step"], g["x0_psnr"], "s--", color=line.get_color(), alpha=0.6, label=f"{run}: 1-step")
@@ -367,7 +366,7 @@ def figure() -> None:
         ax.set(title=f"F pretraining: {part}", xlabel="training step", ylabel="val PSNR, non-input views (dB)")
         ax.legend(fontsize=6)
     if "finetune" in parts:
-        ax = axes[len(curves)]
+        ax = next(free)
         df = parts["finetune"].assign(model=lambda d: d["run"].str.split(",").str[0])
         keys = ["setting", "model", "steps"]
         means = df.groupby(keys, sort=False)[list(FINETUNE_COLUMNS)].mean().reset_index()
@@ -385,7 +384,7 @@ def figure() -> None:
         ax.set_ylim(low - 1.0, means[["3d_psnr", "mv_psnr"]].max().max() + 0.1)  # room for the legend below
         ax.legend(fontsize=6, loc="lower center")
     if "sampling_finetuned" in parts:
-        ax = axes[len(curves) + ("finetune" in parts)]
+        ax = next(free)
         df = parts["sampling_finetuned"]
         means = df.groupby(["setting", "model"], sort=False)[["3d_psnr", "mv_psnr"]].mean()
         settings = list(df["setting"].unique())
@@ -401,7 +400,7 @@ def figure() -> None:
         ax.legend(fontsize=6, loc="upper left")  # over the bars' bodies, not their ends
     if "sampling" in parts:
         df = parts["sampling"]
-        ax = axes[-1]
+        ax = next(free)
         ax.barh(df["setting"], df["mv_psnr"])
         ax.axvline(df["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1)
         ax.axvline(df["white_psnr"].iloc[0], color="grey", ls=":", lw=1)

@@ -13,6 +13,7 @@ from .results_files import read_csv_file
 
 __all__ = ["finetune_leads", "sampling_leads", "study_tables"]
 
+LEAD_COLUMNS = ("3d_psnr", "mv_psnr")  # full against baseline: the paper's measure first, then the views
 STUDY_COLUMNS = {
     "x0_psnr": "1-step x0",
     "mv_psnr": "sampled MV",
@@ -46,44 +47,47 @@ def study_tables(results: Path) -> str:
 
 def finetune_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """The ``finetune`` study (runs "full, <n> steps, <setting>" and "baseline, …", one row per
-    val object): per fine-tune setting and length, both models' means and the full model's paired
-    lead over the baseline, mean and t-interval over objects (the claims table's method), for MV
-    and 3D PSNR."""
+    val object): per fine-tune setting and length, :func:`_full_against_baseline`."""
     out = []
     for (setting, steps), g in df.groupby(["setting", "steps"], sort=False):
         runs = {run.split(",")[0]: x.set_index("object_id") for run, x in g.groupby("run")}
-        if not {"full", "baseline"} <= set(runs):
-            continue
-        row = {"setting": setting, "steps": int(steps)}
-        for c in ("mv_psnr", "3d_psnr"):
-            lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
-                ("mean", "lo", "hi"), math.nan
-            )
-            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
-            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
-        out.append(row)
+        if (leads := _full_against_baseline(runs, confidence)) is not None:
+            out.append({"setting": setting, "steps": int(steps)} | leads)
     return pd.DataFrame(out)
 
 
 def sampling_leads(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """The ``sampling-finetuned`` study (rows: model "full" or "baseline", setting, val object):
-    per sampling setting, both models' means and the full model's paired lead over the baseline
-    (the claims table's method), for the 3D and MV PSNR; the 1-step and copy-input means beside."""
+    per sampling setting, :func:`_full_against_baseline`, and the copy-input mean beside."""
     out = []
     for setting, g in df.groupby("setting", sort=False):
         runs = {m: x.set_index("object_id") for m, x in g.groupby("model")}
-        if not {"full", "baseline"} <= set(runs):
-            continue
-        row = {"setting": setting}
-        for c in ("3d_psnr", "mv_psnr"):
-            lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(
-                ("mean", "lo", "hi"), math.nan
-            )
-            row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
-            row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
-        row |= {"copy-input": runs["full"]["copy_input_psnr"].mean()}
-        out.append(row)
+        if (leads := _full_against_baseline(runs, confidence)) is not None:
+            out.append({"setting": setting} | leads | {"copy-input": runs["full"]["copy_input_psnr"].mean()})
     return pd.DataFrame(out)
+
+
+def _full_against_baseline(runs: dict[str, pd.DataFrame], confidence: float) -> dict | None:
+    """Per column of :data:`LEAD_COLUMNS`: both models' means over the val objects and the full
+    model's paired lead over the baseline, mean and t-interval (the claims table's method); None
+    unless ``runs`` (model -> its rows, indexed by object) holds both."""
+    if not {"full", "baseline"} <= set(runs):
+        return None
+    row = {}
+    for c in LEAD_COLUMNS:
+        lead = paired(runs["full"], runs["baseline"], c, confidence) or dict.fromkeys(("mean", "lo", "hi"), math.nan)
+        row |= {f"full {c}": runs["full"][c].mean(), f"baseline {c}": runs["baseline"][c].mean()}
+        row |= {f"lead {c}": lead["mean"], f"lead {c} low": lead["lo"], f"lead {c} high": lead["hi"]}
+    return row
+
+
+def _lead_cells(row: dict) -> list[str]:
+    """A row of :func:`_full_against_baseline` as table cells: full, baseline, lead [CI] per column."""
+    cells = []
+    for c in LEAD_COLUMNS:
+        lead = f"{row[f'lead {c}']:+.2f} [{row[f'lead {c} low']:+.2f}, {row[f'lead {c} high']:+.2f}]"
+        cells += [f"{row[f'full {c}']:.2f}", f"{row[f'baseline {c}']:.2f}", lead]
+    return cells
 
 
 def _study_sampling_finetuned(path: Path) -> str:
@@ -103,11 +107,7 @@ def _study_sampling_finetuned(path: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in sampling_leads(df).to_dict("records"):
-        cells = [r["setting"]]
-        for c in ("3d_psnr", "mv_psnr"):
-            lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
-            cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
-        lines.append("| " + " | ".join([*cells, f"{r['copy-input']:.2f}"]) + " |")
+        lines.append("| " + " | ".join([r["setting"], *_lead_cells(r), f"{r['copy-input']:.2f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,11 +126,7 @@ def _study_finetune(path: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in finetune_leads(df).to_dict("records"):
-        cells = [r["setting"], str(r["steps"])]
-        for c in ("3d_psnr", "mv_psnr"):
-            lead = f"{r[f'lead {c}']:+.2f} [{r[f'lead {c} low']:+.2f}, {r[f'lead {c} high']:+.2f}]"
-            cells += [f"{r[f'full {c}']:.2f}", f"{r[f'baseline {c}']:.2f}", lead]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([r["setting"], str(r["steps"]), *_lead_cells(r)]) + " |")
     return "\n".join(lines) + "\n"
 
 
