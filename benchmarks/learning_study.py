@@ -21,14 +21,17 @@ settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed 
 one noise draw against the average of ``--draws`` draws (each D(σ_max · noise) estimates the
 same conditional mean, so their spread is F's sensitivity to noise it should ignore).
 ``noise --runs`` re-runs only the named runs (a word of their label) and keeps the others' rows.
-``mix`` changes one data-mix lever per run against the params' own mix, run beside them: each
+``mix`` changes one data-mix lever per run against the params' own mix, run beside them (the
+textured scans: rendered into ``results/study/runs``, the rest of the split hard-linked): each
 run follows the published schedule (its ``steps``, so the same constant learning rate) and
 stops after ``--steps``; ``mix --runs`` as ``noise --runs``.
 ``finetune`` fine-tunes the full model and the baseline (no joint training, no feedback) from the
 published F and G for each setting and length of :data:`FINETUNE_SETTINGS`, exactly as the
 ``train`` stages do (their checkpoint folders, so a run the pipeline has trained resumes at its end), and
-evaluates them on the val split as ``evaluate.py --split val`` does: per-object rows, so the
-full model's paired lead over the baseline is read as in Table 2.
+evaluates them on the val split as ``evaluate.py --split val`` does, always with the sampler
+:data:`FINETUNE_SAMPLING` so rows of any date compare: per-object rows, so the full model's
+paired lead over the baseline is read as in Table 2. A setting may add textured ``libero``
+scans to the train split (``data.train.textured_objects``), rendered as the render stage would.
 The ``regression`` run is the issue's regression reference: the same network trained only at
 σ = σ_max, where the noisy input carries nothing and the EDM loss is plain MSE of D against
 the views: its 1-step score is the conditional mean learnt by regression (its sampled
@@ -41,10 +44,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import math
+import os
 import re
+import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -54,8 +61,10 @@ import torch
 
 from ouroboros3d.build import build_model, initialise, training_fingerprint
 from ouroboros3d.config import load_params
+from ouroboros3d.data import layout
+from ouroboros3d.data.ccm_stage import write_ccms
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.data.render_stage import ORBIT_MARK
+from ouroboros3d.data.render_stage import ORBIT_MARK, render_dataset
 from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
 from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
@@ -107,29 +116,38 @@ SAMPLING = [
     ("EDM stochastic (churn) 10, no guidance", (1.0, 1.0), None, "euler_churn", 10),
     ("EDM stochastic (churn) 25, no guidance", (1.0, 1.0), None, "euler_churn", 25),
 ]
-# label -> (pretrain.denoiser changes, orbits kept per real training object; None: all rendered).
-# Keeping the first k orbits is exactly what rendering with data.train.real_orbits = k gives:
-# each orbit's elevation and azimuth are drawn from its own id (<object>~orbit<k>).
+# label -> (pretrain.denoiser changes, orbits kept per real training object (None: all rendered),
+# textured libero shapes added to the real scans). Keeping the first k orbits is exactly what
+# rendering with data.train.real_orbits = k gives: each orbit's elevation and azimuth are drawn
+# from its own id (<object>~orbit<k>). 11 of the 21 shapes leave 10 for data.eval_textured.
 MIX = {
-    "real share: the split's own (31%)": ({"real_share": None}, None),
-    "real share 0.75": ({"real_share": 0.75}, None),
-    "8 orbits per real object": ({}, 8),
+    "real share: the split's own (31%)": ({"real_share": None}, None, 0),
+    "real share 0.75": ({"real_share": 0.75}, None, 0),
+    "8 orbits per real object": ({}, 8, 0),
+    "textured scans: 11 libero shapes (24 scans) beside the YCB ones": ({}, None, 11),
 }
 FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
 # where the fine-tunes start: G's publication, and F's first or its continuation (the train stages')
 FIRST_F, CONTINUED_F = Path("models/pretrain/denoiser"), Path("models/pretrain/denoiser_continued")
 PRETRAINED_G = Path("models/pretrain/reconstructor")
-# setting -> (the train params it sets over params.yaml's, fine-tune lengths, F's start). Spelt
-# out in full, so a row keeps its meaning when params.yaml moves on. The first was params.yaml's
-# until 2026-12-05 (300 steps until 2026-12-04); at 600 steps the eval views lost ~0.3 dB, so a
-# gentler step, and the mix study's best real share (params.yaml's since 2026-12-05); then the
-# same from F's second publication (the train stages' since 2026-12-05, late).
+# setting -> (the train params it sets over params.yaml's, fine-tune lengths, F's start, textured
+# libero shapes in the train split: data.train.textured_objects). Spelt out in full, so a row
+# keeps its meaning when params.yaml moves on. The first was params.yaml's until 2026-12-05 (300
+# steps until 2026-12-04); at 600 steps the eval views lost ~0.3 dB, so a gentler step, and the
+# mix study's best real share (params.yaml's since 2026-12-05); then the same from F's second
+# publication (the train stages' since 2026-12-05, late); then with the textured scans beside.
 FINETUNE_SETTINGS = {
-    "lr 0.0002, real share 0.5": ({"lr": 2e-4, "real_share": 0.5}, (300, 600), FIRST_F),
-    "lr 0.0001, real share 0.5": ({"lr": 1e-4, "real_share": 0.5}, (600,), FIRST_F),
-    "lr 0.0002, real share 0.75": ({"lr": 2e-4, "real_share": 0.75}, (600,), FIRST_F),
-    "lr 0.0002, real share 0.75, F continued": ({"lr": 2e-4, "real_share": 0.75}, (600,), CONTINUED_F),
-}
+    "lr 0.0002, real share 0.5": ({"lr": 2e-4, "real_share": 0.5}, (300, 600), FIRST_F, 0),
+    "lr 0.0001, real share 0.5": ({"lr": 1e-4, "real_share": 0.5}, (600,), FIRST_F, 0),
+    "lr 0.0002, real share 0.75": ({"lr": 2e-4, "real_share": 0.75}, (600,), FIRST_F, 0),
+    "lr 0.0002, real share 0.75, F continued": ({"lr": 2e-4, "real_share": 0.75}, (600,), CONTINUED_F, 0),
+    "lr 0.0002, real share 0.75, F continued, 11 textured shapes": (
+        {"lr": 2e-4, "real_share": 0.75}, (600,), CONTINUED_F, 11
+    ),
+}  # fmt: skip
+# the sampling every finetune row is scored with (params.yaml's until 2026-12-05), so that rows
+# of any date compare; ``sampling-finetuned`` sweeps the others on the train stages' models
+FINETUNE_SAMPLING = "EDM stochastic (churn) 10"
 FINETUNE_COLUMNS = ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr", "white_psnr")
 
 
@@ -185,8 +203,25 @@ def first_orbits(object_ids: list[str], orbits: int) -> list[str]:
     return [o for o in object_ids if ORBIT_MARK not in o or int(o.split(ORBIT_MARK)[1]) < orbits]
 
 
+def _textured_data(data: str, params) -> str:
+    """A data folder whose train split is the render and ccm stages' with ``params``' textured
+    scans (``data.train.textured_objects``): ``data``'s rendered objects hard-linked, the scans
+    rendered, every CCM written."""
+    root = OUT / "runs" / f"data_textured_{params.data.train.textured_objects}"
+    renders = root / "renders"
+    if not (renders / layout.MANIFEST_FILE).is_file():  # linked whole before the manifest marks it done
+        shutil.rmtree(renders, ignore_errors=True)
+        shutil.copytree(Path(data) / "renders" / "train", renders / "train", copy_function=os.link)
+        shutil.copy(Path(data) / "renders" / layout.MANIFEST_FILE, renders / layout.MANIFEST_FILE)
+    render_dataset(params, renders, splits=("train",), resume=True)  # renders only what is new
+    write_ccms(renders, root / "ccm", params.ccm.normalization, ("train",))
+    return str(root)
+
+
 def _train_set(data: str, params, orbits: int | None) -> MultiViewDataset:
     """The train split, with only the first ``orbits`` orbits of each real object (None: all)."""
+    if params.data.train.textured_objects:
+        data = _textured_data(data, params)
     full = MultiViewDataset.for_split("train", data, params.ccm.normalization)
     if orbits is None:
         return full
@@ -242,21 +277,28 @@ def mix_runs(params) -> list[tuple]:
     mix = params.pretrain.denoiser
     reference = f"params: real share {mix.real_share}, {params.data.train.real_orbits} orbits per real object"
     return [(reference, params, {}, None)] + [
-        (label, params, changes, orbits) for label, (changes, orbits) in MIX.items()
+        (label, _with_textured(params, textured), changes, orbits) for label, (changes, orbits, textured) in MIX.items()
     ]
+
+
+def _with_textured(params, shapes: int):
+    """``params`` training on ``shapes`` textured libero shapes as well (data.train.textured_objects)."""
+    train = dataclasses.replace(params.data.train, textured_objects=shapes)
+    return dataclasses.replace(params, data=dataclasses.replace(params.data, train=train))
 
 
 def finetune_runs(params, data: str, chosen: list[str]) -> pd.DataFrame:
     """Each ``chosen`` run (label "<variant>, <steps> steps, <setting>") fine-tuned as the train
     stage would (resuming its checkpoint folder) and scored on the val split: one row per object."""
-    dataset = MultiViewDataset.for_split("train", data, params.ccm.normalization)
     val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
     rows = []
     for label, variant, steps, setting in finetune_labels():
         if label not in chosen:
             continue
-        run = params.with_variant(variant)
-        changes, _, denoiser = FINETUNE_SETTINGS[setting]
+        changes, _, denoiser, textured = FINETUNE_SETTINGS[setting]
+        run = _with_textured(params.with_variant(variant), textured)
+        train_data = _textured_data(data, run) if textured else data
+        dataset = MultiViewDataset.for_split("train", train_data, params.ccm.normalization)
         starts = (denoiser, PRETRAINED_G)
         changes = changes | {"steps": steps}
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, **changes))
@@ -270,7 +312,7 @@ def finetune_runs(params, data: str, chosen: list[str]) -> pd.DataFrame:
             OUT / "runs" / re.sub(r"\W+", "_", label).strip("_").lower(), seed=run.seed, fingerprint=fingerprint,
         )  # fmt: skip
         summary["ema"].copy_to(model)
-        scored, _ = _val_rows(model.eval(), run, sample_kwargs(run.sample, reconstruct="every_step"), val, label)
+        scored, _ = _val_rows(model.eval(), run, _sampling(run, FINETUNE_SAMPLING), val, label)
         rows += [{"run": label, "setting": setting, "steps": steps} | r for r in scored]
     return pd.DataFrame(rows)
 
@@ -293,10 +335,18 @@ def finetune_labels() -> list[tuple[str, str, int, str]]:
     ``finetune`` run: each setting of :data:`FINETUNE_SETTINGS` at each of its lengths."""
     return [
         (f"{name}, {steps} steps, {setting}", variant, steps, setting)
-        for setting, (_, lengths, _) in FINETUNE_SETTINGS.items()
+        for setting, (_, lengths, *_) in FINETUNE_SETTINGS.items()
         for steps in lengths
         for name, variant in FINETUNE_VARIANTS.items()
     ]
+
+
+def _sampling(params, label: str) -> dict:
+    """The sampler kwargs of the :data:`FINETUNED_SAMPLING` setting ``label``, as evaluate.py samples."""
+    setting = FINETUNED_SAMPLING[label]
+    return sample_kwargs(
+        params.sample, **setting | {"sampler": edm.SAMPLERS[setting["sampler"]], "reconstruct": "every_step"}
+    )
 
 
 def finetuned_sampling(params, data: str, chosen: list[str], models: Path = Path("models")) -> pd.DataFrame:
@@ -307,11 +357,7 @@ def finetuned_sampling(params, data: str, chosen: list[str], models: Path = Path
     for name, variant in FINETUNE_VARIANTS.items():
         model = Ouroboros3DPipeline.from_pretrained(models / variant).model
         for label in chosen:
-            setting = FINETUNED_SAMPLING[label]
-            kwargs = sample_kwargs(
-                params.sample, **setting | {"sampler": edm.SAMPLERS[setting["sampler"]], "reconstruct": "every_step"}
-            )
-            scored, seconds = _val_rows(model, params, kwargs, val, f"{name}: {label}")
+            scored, seconds = _val_rows(model, params, _sampling(params, label), val, f"{name}: {label}")
             rows += [{"model": name, "setting": label} | r | {"seconds": seconds} for r in scored]
     return pd.DataFrame(rows)
 
@@ -359,8 +405,9 @@ def figure() -> None:
     for part in curves:
         ax, df = next(free), parts[part]
         for run, g in df.groupby("run", sort=False):
-            (line,) = ax.plot(g["step"], g["mv_psnr"], "o-", label=f"{run}: sampled")
-            ax.plot(g["step"], g["x0_psnr"], "s--", color=line.get_color(), alpha=0.6, label=f"{run}: 1-step")
+            wrap = functools.partial(textwrap.fill, width=48)  # long run names stay inside the panel
+            (line,) = ax.plot(g["step"], g["mv_psnr"], "o-", label=wrap(f"{run}: sampled"))
+            ax.plot(g["step"], g["x0_psnr"], "s--", color=line.get_color(), alpha=0.6, label=wrap(f"{run}: 1-step"))
         ax.axhline(df["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1, label="copy input view")
         ax.axhline(df["white_psnr"].iloc[0], color="grey", ls=":", lw=1, label="white image")
         ax.set(title=f"F pretraining: {part}", xlabel="training step", ylabel="val PSNR, non-input views (dB)")

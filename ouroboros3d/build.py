@@ -201,7 +201,10 @@ def training_fingerprint(params: Params, init: tuple[str | Path | None, ...] = (
     keys = ("seed", "preset", "feedback", "feedback_maps", "joint", "camera", "ccm", "model", "train")
     raw = dataclasses.asdict(params)
     # the training objects too: a run on other data must never resume this one's checkpoint
-    blob = {k: raw[k] for k in keys} | {"resolution": params.data.resolution, "train_data": raw["data"]["train"]}
+    train_data = raw["data"]["train"]
+    if not train_data["textured_objects"]:  # a later key: unset, the published fingerprints stand
+        del train_data["textured_objects"]
+    blob = {k: raw[k] for k in keys} | {"resolution": params.data.resolution, "train_data": train_data}
     starts = [_folder_digest(Path(f)) for f in init if f is not None]
     if starts:
         blob["init"] = starts

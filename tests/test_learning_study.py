@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -78,8 +79,9 @@ def test_a_finetune_setting_changes_only_its_train_params(monkeypatch):
     monkeypatch.setattr(study, "train", train)
     monkeypatch.setattr(study.MultiViewDataset, "for_split", staticmethod(lambda *a, **k: None))
     monkeypatch.setattr(study, "initialise", lambda *a, **k: None)
+    monkeypatch.setattr(study, "_textured_data", lambda data, params: data)
     folders = set()
-    for setting, (changes, lengths, _) in study.FINETUNE_SETTINGS.items():
+    for setting, (changes, lengths, *_) in study.FINETUNE_SETTINGS.items():
         for steps in lengths:
             label = f"baseline, {steps} steps, {setting}"
             assert (label, "baseline", steps, setting) in study.finetune_labels()
@@ -89,6 +91,7 @@ def test_a_finetune_setting_changes_only_its_train_params(monkeypatch):
             assert config == dataclasses.replace(params.with_variant("baseline").train, steps=steps, **changes)
             folders.add(fingerprint)
     assert len(folders) == len(study.finetune_labels()) // 2
+    assert study.FINETUNE_SAMPLING in study.FINETUNED_SAMPLING  # every row's sampler, spelt out
 
 
 def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_path, monkeypatch, capsys):
@@ -120,7 +123,10 @@ def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_pat
     capsys.readouterr()
 
     study = load_study()
-    monkeypatch.setattr(study, "FINETUNE_SETTINGS", {"params.yaml's": ({}, (params.train.steps,), study.FIRST_F)})
+    monkeypatch.setattr(study, "FINETUNE_SETTINGS", {"params.yaml's": ({}, (params.train.steps,), study.FIRST_F, 0)})
+    own = {"sampler": params.sample.sampler, "steps": params.sample.steps, "guidance": tuple(params.sample.guidance)}
+    monkeypatch.setattr(study, "FINETUNED_SAMPLING", {"params.yaml's": own})
+    monkeypatch.setattr(study, "FINETUNE_SAMPLING", "params.yaml's")
     rows = study.finetune_runs(params, "data", [f"full, {params.train.steps} steps, params.yaml's"])
     assert f"at step {params.train.steps}" in capsys.readouterr().out  # resumed at the end: no step redone
     stage = pd.read_csv(tmp_path / "val" / "main" / "per_object.csv")
@@ -130,24 +136,31 @@ def test_a_finetune_run_is_the_train_stage_scored_as_evaluate_scores_val(tmp_pat
 
     # the sampling sweep on the stage's saved model: with the params' own sampler, evaluate's rows
     monkeypatch.setattr(study, "FINETUNE_VARIANTS", {"full": "main"})
-    own = {"sampler": params.sample.sampler, "steps": params.sample.steps, "guidance": tuple(params.sample.guidance)}
-    monkeypatch.setattr(study, "FINETUNED_SAMPLING", {"params.yaml's": own})
     sampled = study.finetuned_sampling(params, "data", ["params.yaml's"])
     assert sampled["object_id"].tolist() == stage["object_id"].tolist()
     for column in ("mv_psnr", "3d_psnr", "x0_psnr", "copy_input_psnr"):
         assert sampled[column].tolist() == stage[column].tolist(), column
 
 
-def test_the_study_starts_its_latest_setting_where_the_train_stages_start():
-    """The fine-tune study's newest setting is the train stages' own (params.yaml's train section,
-    dvc.yaml's starts), so the stages resume its runs and its val rows describe their models."""
+def test_one_study_setting_is_where_the_train_stages_start():
+    """Exactly one fine-tune setting is the train stages' own (params.yaml's train section and
+    textured scans, dvc.yaml's starts), so the stages resume its runs and its val rows describe
+    their models."""
     study = load_study()
-    changes, _, denoiser = list(study.FINETUNE_SETTINGS.values())[-1]
-    train = load_params(ROOT / "params.yaml").train
-    assert all(getattr(train, k) == v for k, v in changes.items())
+    params = load_params(ROOT / "params.yaml")
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    starts = {(words := stage["cmd"].split())[words.index("--init-denoiser") + 1] for stage in
+              (stages["train"], stages["train_variant"]["do"])}  # fmt: skip
+    own = [
+        name
+        for name, (changes, _, denoiser, textured) in study.FINETUNE_SETTINGS.items()
+        if all(getattr(params.train, k) == v for k, v in changes.items())
+        and textured == params.data.train.textured_objects
+        and starts == {str(denoiser)}
+    ]
+    assert len(own) == 1, own
     for stage in (stages["train"], stages["train_variant"]["do"]):
-        assert f"--init-denoiser {denoiser}" in stage["cmd"] and str(denoiser) in stage["deps"]
+        assert str(study.FINETUNE_SETTINGS[own[0]][2]) in stage["deps"]
         assert str(study.PRETRAINED_G) in stage["deps"]
 
 
@@ -200,3 +213,31 @@ def test_the_figure_has_a_panel_per_study_table_three_to_a_row(tmp_path, monkeyp
     two_rows = Image.open(tmp_path / "paper" / "figures" / "study.png").size
     assert one_row[0] == two_rows[0] and one_row[0] > 2 * one_row[1]  # three panels wide, one high
     assert two_rows[1] > 1.8 * one_row[1]
+
+
+def test_the_textured_mix_run_trains_on_what_the_render_stage_renders(tmp_path, monkeypatch):
+    """The ``mix`` run with textured scans renders only the scans beside the linked split, and its
+    train split is byte for byte what the render stage gives with ``data.train.textured_objects``."""
+    from test_render import _fake_libero
+
+    (tmp_path / "meshes").mkdir()
+    trimesh.creation.box(extents=(1.0, 0.4, 0.3)).export(tmp_path / "meshes" / "box.obj")
+    _fake_libero(tmp_path / "libero", monkeypatch)
+    folder = {"source": "folder", "real_objects": 0}
+    raw = tiny_raw(data={"folder": str(tmp_path / "meshes"), "workers": 1, "train": folder})
+    params = params_from_dict(raw)
+    render_dataset(params, tmp_path / "data" / "renders", splits=("train",), progress=False)
+    study = load_study()
+    monkeypatch.setattr(study, "OUT", tmp_path / "study")
+    textured = study._with_textured(params, 1)
+    root = study._textured_data(str(tmp_path / "data"), textured)
+    render_dataset(textured, tmp_path / "stage" / "renders", splits=("train",), progress=False)
+    write_ccms(tmp_path / "stage" / "renders", tmp_path / "stage" / "ccm", params.ccm.normalization, ("train",), False)
+    for folder in ("renders", "ccm"):
+        linked, stage = Path(root) / folder / "train", tmp_path / "stage" / folder / "train"
+        assert sorted(p.name for p in linked.iterdir()) == sorted(p.name for p in stage.iterdir())
+        assert any(p.name.startswith("libero-") for p in linked.iterdir())
+        for obj in stage.iterdir():
+            for f in obj.iterdir():
+                assert (linked / obj.name / f.name).read_bytes() == f.read_bytes(), f
+    assert (Path(root) / "renders" / "train" / "folder-box" / "depth.npy").stat().st_nlink == 2  # linked

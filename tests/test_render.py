@@ -320,3 +320,45 @@ def test_real_training_objects_are_outside_val_and_eval_and_each_orbit_differs()
     assert len({(j.elevation_deg, j.azimuth_offset_deg) for j in real}) == 6  # one random orbit per copy
     with pytest.raises(ValueError, match=r"data\.eval\.real_objects"):
         params_from_dict(tiny_raw(data={"eval": {"real_objects": 1}}))
+
+
+def _fake_libero(root, monkeypatch):
+    """Three textured scans of two shapes: ``quad`` and its recoloured copy ``red_quad``, and ``tri``."""
+    from ouroboros3d.data import sources
+
+    def scan(folder, name, vertices, colour):
+        obj_dir = root / folder / name
+        obj_dir.mkdir(parents=True)
+        (obj_dir / "m.mtl").write_text(f"newmtl m\nKd {colour}\n")
+        faces = "f 1 2 3\nf 1 3 4\n" if len(vertices) == 4 else "f 1 2 3\n"
+        (obj_dir / "model.obj").write_text("mtllib m.mtl\nusemtl m\n" + "".join(f"v {v}\n" for v in vertices) + faces)
+
+    quad = ["-1 -1 0", "1 -1 0", "1 1 0", "-1 1 0"]
+    scan("stable_hope_objects", "quad", quad, "1 1 1")
+    scan("stable_hope_objects", "red_quad", quad, "1 0 0")
+    scan("stable_scanned_objects", "tri", ["0 0 0", "1 0 0", "0 1 1"], "0 0 1")
+    monkeypatch.setattr(sources, "find_libero_assets", lambda: root)
+
+
+def test_textured_training_scans_keep_their_copies_and_leave_eval_the_other_shapes(tmp_path, monkeypatch):
+    from ouroboros3d.build import training_fingerprint
+    from ouroboros3d.data.render_stage import base_object_id, plan_split
+
+    _fake_libero(tmp_path, monkeypatch)
+    raw = tiny_raw(data={"train": {"textured_objects": 1, "real_orbits": 2}, "eval_textured": True})
+    params = params_from_dict(raw)
+    train = [j.obj.object_id for j in plan_split(params, "train", "unused") if j.obj.source == "libero"]
+    scans = {base_object_id(i) for i in train}
+    evaluated = {j.obj.object_id for j in plan_split(params, "eval", "unused") if j.obj.source == "libero"}
+    # one shape: the quad with its recoloured copy, or the triangle; the other shape evaluates
+    assert scans in ({"libero-hope-quad", "libero-hope-red_quad"}, {"libero-gso-tri"})
+    assert len(train) == 2 * len(scans)  # every copy along every orbit
+    assert evaluated == {"libero-hope-quad", "libero-hope-red_quad", "libero-gso-tri"} - scans
+    # set, the key changes what training sees (unset, it leaves the published fingerprints as they
+    # were before it existed: tests/test_published_weights.py)
+    unset = params_from_dict(tiny_raw(data={"train": {"real_orbits": 2}, "eval_textured": True}))
+    assert training_fingerprint(params) != training_fingerprint(unset)
+    with pytest.raises(DatasetTooSmallError, match="2 distinct shapes"):
+        plan_split(params_from_dict(tiny_raw(data={"train": {"textured_objects": 3}})), "train", "unused")
+    with pytest.raises(ValueError, match=r"data\.val\.textured_objects"):
+        params_from_dict(tiny_raw(data={"val": {"textured_objects": 1}}))

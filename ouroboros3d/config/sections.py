@@ -88,12 +88,16 @@ class SplitParams:
     # `real_orbits` random orbits, added to the split (the eval objects are real scans)
     real_objects: int = 0
     real_orbits: int = 1
+    # train only: textured `libero` scans (GSO-style and HOPE) added the same way, along
+    # `real_orbits` orbits each; the scans not chosen stay for `data.eval_textured`
+    textured_objects: int = 0
 
     def validate(self, key: str) -> None:
         _check(self.source in SOURCES, f"{key}.source", f"must be one of {SOURCES}, got {self.source!r}")
         _check(self.max_objects >= 1, f"{key}.max_objects", f"must be >= 1, got {self.max_objects}")
         _check(self.real_objects >= 0, f"{key}.real_objects", f"must be >= 0, got {self.real_objects}")
         _check(self.real_orbits >= 1, f"{key}.real_orbits", f"must be >= 1, got {self.real_orbits}")
+        _check(self.textured_objects >= 0, f"{key}.textured_objects", f"must be >= 0, got {self.textured_objects}")
         lo, hi = self.elevation_deg
         _check(-89 < lo <= hi < 89, f"{key}.elevation_deg", f"need -89 < low <= high < 89, got {[lo, hi]}")
 
@@ -120,7 +124,8 @@ class DataParams:
         self.eval.validate(f"{key}.eval")
         for split in ("val", "eval"):
             only_train = "only the train split adds real objects"
-            _check(getattr(self, split).real_objects == 0, f"{key}.{split}.real_objects", only_train)
+            for added in ("real_objects", "textured_objects"):
+                _check(getattr(getattr(self, split), added) == 0, f"{key}.{split}.{added}", only_train)
         uses_folder = "folder" in (self.train.source, self.val.source, self.eval.source)
         _check(
             not uses_folder or bool(self.folder), f"{key}.folder", "a split uses source 'folder' but no folder is set"

@@ -10,7 +10,8 @@ degree, and the rounded values are what is rendered and recorded.
 
 Objects: a split takes all objects of its source, or, when there are more than
 ``max_objects``, a random subset of that size drawn from the seed (then sorted by id). With
-``data.eval_textured`` the eval split additionally gets every textured ``libero`` scan.
+``data.eval_textured`` the eval split additionally gets every textured ``libero`` scan that
+``data.train.textured_objects`` did not put into training.
 
 Bad input (a mesh that fails to load, is empty, or whose input view shows no pixel) is
 recorded as skipped in the manifest with its reason and the stage goes on; it fails with
@@ -57,6 +58,7 @@ __all__ = [
     "render_dataset",
     "render_object",
     "select_objects",
+    "textured_training_objects",
 ]
 
 SPLITS = ("train", "val", "eval")
@@ -145,6 +147,26 @@ def real_training_objects(params: Params) -> list[MeshObject]:
     return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in chosen for k in range(train.real_orbits)]
 
 
+def textured_training_objects(params: Params) -> list[MeshObject]:
+    """The textured ``libero`` scans of ``data.train.textured_objects`` shapes (a seeded subset of
+    the source's distinct geometries, each with all its recoloured and resized copies), once per
+    orbit (``data.train.real_orbits``) as :func:`real_training_objects`. The other shapes are what
+    ``data.eval_textured`` adds to eval, so no scan, nor a copy of it, both trains and evaluates."""
+    count = params.data.train.textured_objects
+    if not count:
+        return []
+    scans = make_source("libero", params.data).objects()
+    shapes = sorted({o.shape_id for o in scans})
+    if len(shapes) < count:
+        raise DatasetTooSmallError(
+            f"data.train.textured_objects: {count} asked, but the libero source has {len(shapes)} distinct shapes"
+        )
+    rng = np.random.default_rng(_hash_seed("subset", params.seed, "train-textured"))
+    chosen = {shapes[i] for i in rng.choice(len(shapes), size=count, replace=False)}
+    orbits = range(params.data.train.real_orbits)
+    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in scans if o.shape_id in chosen for k in orbits]
+
+
 def _planned_real(params: Params, split: str) -> list[MeshObject]:
     split_params = getattr(params.data, split)
     if split_params.source != "ycb":
@@ -167,8 +189,11 @@ def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = F
     objects = select_objects(candidates, split_params.max_objects, params.seed, split)
     if split == "train" and split_params.real_objects:
         objects += real_training_objects(params)
+    if split == "train":
+        objects += textured_training_objects(params)
     if split == "eval" and params.data.eval_textured and split_params.source != "libero":
-        objects += make_source("libero", params.data).objects()
+        trained = {o.shape_id for o in textured_training_objects(params)}
+        objects += [o for o in make_source("libero", params.data).objects() if o.shape_id not in trained]
     settings = params.render_settings
     split_dir = str(Path(out_dir) / split)
     jobs = []

