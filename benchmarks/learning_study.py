@@ -3,6 +3,7 @@
     python benchmarks/learning_study.py noise    [--steps 300] [--runs mixture regression]
     python benchmarks/learning_study.py size     [--seconds 400] # model width at a fixed wall clock
     python benchmarks/learning_study.py mix      [--steps 500] [--runs share]  # the data mix, one lever per run
+    python benchmarks/learning_study.py heldout  [--steps 500]  # procedural objects never trained on
     python benchmarks/learning_study.py finetune [--runs 600]   # Table 2's full and baseline: length, settings
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
     python benchmarks/learning_study.py sampling-finetuned [--runs churn]  # Table 2's full and baseline
@@ -25,6 +26,9 @@ same conditional mean, so their spread is F's sensitivity to noise it should ign
 textured scans: rendered into ``results/study/runs``, the rest of the split hard-linked): each
 run follows the published schedule (its ``steps``, so the same constant learning rate) and
 stops after ``--steps``; ``mix --runs`` as ``noise --runs``.
+``heldout`` pretrains F with the params' mix less 100 procedural objects (pybullet_data has
+1000, every one in the published F's training) and scores it on 20 of them, on 20 trained
+ones and on the val split: "F has not learnt" against "what F learnt does not transfer".
 ``finetune`` fine-tunes the full model and the baseline (no joint training, no feedback) from the
 published F and G for each setting and length of :data:`FINETUNE_SETTINGS`, exactly as the
 ``train`` stages do (their checkpoint folders, so a run the pipeline has trained resumes at its end), and
@@ -64,7 +68,8 @@ from ouroboros3d.config import load_params
 from ouroboros3d.data import layout
 from ouroboros3d.data.ccm_stage import write_ccms
 from ouroboros3d.data.dataset import MultiViewDataset
-from ouroboros3d.data.render_stage import ORBIT_MARK, render_dataset
+from ouroboros3d.data.render_stage import render_dataset
+from ouroboros3d.data.splits import ORBIT_MARK, plan_objects
 from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
 from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
@@ -126,6 +131,9 @@ MIX = {
     "8 orbits per real object": ({}, 8, 0),
     "textured scans: 11 libero shapes (24 scans) beside the YCB ones": ({}, None, 11),
 }
+# the heldout run: procedural objects (of pybullet_data's 1000, all in the published F's training)
+# left out of training, and how many objects of each set it scores
+PROCEDURAL, HELD_OUT, HELD_OUT_SCORED = "random_urdfs-", 100, 20
 FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
 # where the fine-tunes start: G's publication, and F's first or its continuation (the train stages')
 FIRST_F, CONTINUED_F = Path("models/pretrain/denoiser"), Path("models/pretrain/denoiser_continued")
@@ -223,19 +231,67 @@ def _train_set(data: str, params, orbits: int | None) -> MultiViewDataset:
     if params.data.train.textured_objects:
         data = _textured_data(data, params)
     full = MultiViewDataset.for_split("train", data, params.ccm.normalization)
-    if orbits is None:
+    ids = full.object_ids if orbits is None else first_orbits(full.object_ids, orbits)
+    procedural = [i for i in ids if i.startswith(PROCEDURAL)]
+    if len(procedural) > params.data.train.max_objects:  # fewer than rendered: the render stage's subset of them
+        kept = {o.object_id for o in plan_objects(params, "train")}
+        ids = [i for i in ids if i in kept or not i.startswith(PROCEDURAL)]
+    if ids == full.object_ids:
         return full
-    return MultiViewDataset(
-        full.renders_dir, full.ccm_dir, params.ccm.normalization, first_orbits(full.object_ids, orbits)
-    )
+    return MultiViewDataset(full.renders_dir, full.ccm_dir, params.ccm.normalization, ids)
+
+
+def heldout_run(params, data: str, steps: int, scored: int) -> pd.DataFrame:
+    """F pretrained from scratch with the params' mix less :data:`HELD_OUT` procedural objects,
+    stopped after ``steps``; scored every ``validate_every`` steps on the val split, on ``scored``
+    of the held-out procedural objects and on ``scored`` trained ones: one row per set and step."""
+    train = dataclasses.replace(params.data.train, max_objects=params.data.train.max_objects - HELD_OUT)
+    run = dataclasses.replace(params, data=dataclasses.replace(params.data, train=train))
+    rendered = MultiViewDataset.for_split("train", data, params.ccm.normalization)
+    trained = set(_train_set(data, run, None).object_ids)
+    procedural = [i for i in rendered.object_ids if i.startswith(PROCEDURAL)]
+    sets = {  # name -> (batch, seeds)
+        "val (YCB)": _val(params, data),
+        "held-out procedural": _batch(rendered, [i for i in procedural if i not in trained][:scored], params),
+        "trained procedural": _batch(rendered, [i for i in procedural if i in trained][:scored], params),
+    }
+    keys = {name: re.sub(r"\W+", "_", name).strip("_").lower() for name in sets}
+
+    def score(model, p):
+        return {f"{keys[n]}_{k}": v for n, b in sets.items() for k, v in _scores(model, b, p).items()}
+
+    every = params.pretrain.denoiser.validate_every
+    label = f"params' mix less {HELD_OUT} procedural objects"
+    curve = pretrain_runs(params, [(label, run, {})], data, every, stop_after=steps, score=score)
+    rows = []
+    for record in curve.to_dict("records"):
+        for name, key in keys.items():
+            scores = {k.removeprefix(f"{key}_"): v for k, v in record.items() if k.startswith(f"{key}_")}
+            rows.append({"objects": name, "step": record["step"]} | scores)
+    return pd.DataFrame(rows)
+
+
+def _batch(dataset: MultiViewDataset, object_ids: list[str], params):
+    """The objects ``object_ids`` of ``dataset`` as one batch and their noise seeds, as :func:`_val`."""
+    items = [dataset[dataset.object_ids.index(i)] for i in object_ids]
+    return stack_items(items), [object_seed(params.seed, it["object_id"]) for it in items]
 
 
 def pretrain_runs(
-    params, runs: list[tuple], data: str, every: int, seconds: float | None = None, stop_after: int | None = None
+    params,
+    runs: list[tuple],
+    data: str,
+    every: int,
+    seconds: float | None = None,
+    stop_after: int | None = None,
+    score=None,
 ):
     """Pretrain F from scratch once per (label, params, settings changes[, real orbits kept]); val
-    scores every ``every`` steps; each run ends at its ``steps``, after ``seconds`` or after ``stop_after`` steps."""
-    batch = _val(params, data)
+    scores (or ``score(model, params)``'s) every ``every`` steps; each run ends at its ``steps``,
+    after ``seconds`` or after ``stop_after`` steps."""
+    if score is None:
+        batch = _val(params, data)
+        score = lambda m, p: _scores(m, batch, p)  # noqa: E731
     rows = []
     for label, run_params, changes, *orbits in runs:
         train_set = _train_set(data, run_params, orbits[0] if orbits else None)
@@ -254,7 +310,7 @@ def pretrain_runs(
             train(
                 model, train_set, settings, folder / "ckpt", folder / "log", seed=run_params.seed,
                 fingerprint=label, objective="denoiser", on_step=stop, validate_every=every,
-                validate=lambda m, p=run_params: _scores(m, batch, p),
+                validate=lambda m, p=run_params: score(m, p),
             )  # fmt: skip
         except TimeoutError:
             pass
@@ -395,7 +451,8 @@ def figure() -> None:
 
     parts = {p.stem: pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))}
     curves = [k for k in ("noise", "size", "mix") if k in parts]
-    panels = len(curves) + ("finetune" in parts) + ("sampling" in parts) + ("sampling_finetuned" in parts)
+    drawn = ("finetune", "sampling", "sampling_finetuned", "heldout")
+    panels = len(curves) + sum(part in parts for part in drawn)
     columns = min(panels, 3)
     rows = math.ceil(panels / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
@@ -445,6 +502,20 @@ def figure() -> None:
         ax.set(title="sampling the fine-tuned models", xlabel="val PSNR, non-input views (dB)")
         ax.set_xlim(df["copy_input_psnr"].mean() - 1, means.max().max() + 0.3)
         ax.legend(fontsize=6, loc="upper left")  # over the bars' bodies, not their ends
+    if "heldout" in parts:
+        ax = next(free)
+        df = parts["heldout"]
+        last = df[df["step"] == df["step"].max()].set_index("objects")
+        bars = {"copy input view": "copy_input_psnr", "1-step": "x0_psnr", "sampled": "mv_psnr"}
+        for k, (label, column) in enumerate(bars.items()):
+            ys = [y + 0.27 * (k - 1) for y in range(len(last))]
+            ax.barh(ys, last[column], height=0.27, color="0.6" if k == 0 else f"C{k - 1}", label=label)
+        ax.set_yticks(range(len(last)), last.index, fontsize=7)
+        ax.set(
+            title=f"held-out procedural objects ({int(df['step'].max())} steps)", xlabel="PSNR, non-input views (dB)"
+        )
+        ax.set_xlim(left=last[list(bars.values())].min().min() - 1)
+        ax.legend(fontsize=6)
     if "sampling" in parts:
         df = parts["sampling"]
         ax = next(free)
@@ -463,14 +534,15 @@ def figure() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "part", choices=("noise", "size", "mix", "finetune", "sampling", "sampling-finetuned", "mean", "figure")
+        "part",
+        choices=("noise", "size", "mix", "heldout", "finetune", "sampling", "sampling-finetuned", "mean", "figure"),
     )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data")
     parser.add_argument(
         "--steps",
         type=int,
-        help="noise: pretraining steps per run (default 300); mix: steps before each run stops (default 500)",
+        help="noise: pretraining steps per run (default 300); mix, heldout: steps before each run stops (default 500)",
     )
     parser.add_argument("--seconds", type=float, default=400, help="size: wall-clock budget per run")
     parser.add_argument(
@@ -515,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         _keep_others(
             data_mix(params, args.data, args.steps or 500, _runs(parser, labels, args.runs)), OUT / "mix.csv", labels
         )
+    elif args.part == "heldout":
+        _csv(heldout_run(params, args.data, args.steps or 500, HELD_OUT_SCORED), OUT / "heldout.csv")
     elif args.part == "finetune":
         labels = [label for label, *_ in finetune_labels()]
         path = OUT / "finetune.csv"

@@ -8,7 +8,7 @@ the input view (view 0, orbit frame 0) shows each object from its own side and h
 the draw does not depend on which other objects are rendered. Both are rounded to 1e-4
 degree, and the rounded values are what is rendered and recorded.
 
-Objects: a split takes all objects of its source, or, when there are more than
+Objects (:mod:`.splits`): a split takes all objects of its source, or, when there are more than
 ``max_objects``, a random subset of that size drawn from the seed (then sorted by id). With
 ``data.eval_textured`` the eval split additionally gets every textured ``libero`` scan that
 ``data.train.textured_objects`` did not put into training.
@@ -42,26 +42,41 @@ from ..progress import bar as progress_bar
 from . import layout
 from .mesh import EmptyMeshError, normalize_to_unit_box
 from .render import RenderedViews, render_views, require_embree
-from .sources import MeshObject, make_source
+from .sources import MeshObject
+from .splits import (
+    ORBIT_MARK,
+    SPLITS,
+    DatasetTooSmallError,
+    base_object_id,
+    hash_seed,
+    plan_objects,
+    real_training_objects,
+    select_objects,
+    split_objects,
+    textured_training_objects,
+)
 
 __all__ = [
     "MANIFEST_COLUMNS",
+    "ORBIT_MARK",
     "RENDERER_VERSION",
     "SPLITS",
     "DatasetTooSmallError",
     "ObjectJob",
     "RenderSettings",
+    "base_object_id",
     "draw_view_angles",
     "object_cameras",
+    "plan_objects",
     "plan_split",
     "read_manifest",
+    "real_training_objects",
     "render_dataset",
     "render_object",
     "select_objects",
     "textured_training_objects",
 ]
 
-SPLITS = ("train", "val", "eval")
 MANIFEST_COLUMNS = [
     "object_id",
     "split",
@@ -76,10 +91,6 @@ MANIFEST_COLUMNS = [
 RENDERER_VERSION = 1  # bump when a change to the renderer alters its output (invalidates --resume)
 
 
-class DatasetTooSmallError(UserError, RuntimeError):
-    """A split ended up with fewer usable objects than ``data.min_objects``."""
-
-
 @dataclass(frozen=True)
 class ObjectJob:
     obj: MeshObject
@@ -91,109 +102,19 @@ class ObjectJob:
     resume: bool = False
 
 
-def _hash_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
 def draw_view_angles(seed: int, object_id: str, elevation_range: tuple[float, float]) -> tuple[float, float]:
     """(elevation, azimuth offset) in degrees for an object, a pure function of (seed, object id)."""
-    rng = np.random.default_rng(_hash_seed("views", seed, object_id))
+    rng = np.random.default_rng(hash_seed("views", seed, object_id))
     low, high = elevation_range
     elevation = low + (high - low) * rng.random()
     azimuth_offset = 360.0 * rng.random()
     return round(float(elevation), 4), round(float(azimuth_offset), 4)
 
 
-def select_objects(objects: list[MeshObject], max_objects: int, seed: int, split: str) -> list[MeshObject]:
-    """All objects, or a seeded random subset of ``max_objects`` of them, sorted by id."""
-    objects = sorted(objects, key=lambda o: o.object_id)
-    if len(objects) > max_objects:
-        rng = np.random.default_rng(_hash_seed("subset", seed, split))
-        keep = np.sort(rng.choice(len(objects), size=max_objects, replace=False))
-        objects = [objects[i] for i in keep]
-    return objects
-
-
-def plan_objects(params: Params, split: str) -> list[MeshObject]:
-    """The objects a split draws from its source (without the opt-in textured scans)."""
-    split_params = getattr(params.data, split)
-    objects = make_source(split_params.source, params.data).objects()
-    return select_objects(objects, split_params.max_objects, params.seed, split)
-
-
-ORBIT_MARK = "~orbit"
-
-
-def base_object_id(object_id: str) -> str:
-    """The object an id names: ``ycb-017_orange~orbit3`` (one of several orbits) -> ``ycb-017_orange``."""
-    return object_id.split(ORBIT_MARK)[0]
-
-
-def real_training_objects(params: Params) -> list[MeshObject]:
-    """``data.train.real_objects`` YCB objects in neither val nor eval, once per orbit.
-
-    Each copy gets its own id (``<id>~orbit<k>``), and with it its own random elevation and
-    azimuth offset: several views of the same real object, as the eval split's objects are.
-    """
-    train = params.data.train
-    held = {o.object_id for split in ("val", "eval") for o in _planned_real(params, split)}
-    candidates = [o for o in make_source("ycb", params.data).objects() if o.object_id not in held]
-    if len(candidates) < train.real_objects:
-        raise DatasetTooSmallError(
-            f"data.train.real_objects: {train.real_objects} asked, but only {len(candidates)} YCB objects "
-            "are in neither val nor eval"
-        )
-    chosen = select_objects(candidates, train.real_objects, params.seed, "train-real")
-    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in chosen for k in range(train.real_orbits)]
-
-
-def textured_training_objects(params: Params) -> list[MeshObject]:
-    """The textured ``libero`` scans of ``data.train.textured_objects`` shapes (a seeded subset of
-    the source's distinct geometries, each with all its recoloured and resized copies), once per
-    orbit (``data.train.real_orbits``) as :func:`real_training_objects`. The other shapes are what
-    ``data.eval_textured`` adds to eval, so no scan, nor a copy of it, both trains and evaluates."""
-    count = params.data.train.textured_objects
-    if not count:
-        return []
-    scans = make_source("libero", params.data).objects()
-    shapes = sorted({o.shape_id for o in scans})
-    if len(shapes) < count:
-        raise DatasetTooSmallError(
-            f"data.train.textured_objects: {count} asked, but the libero source has {len(shapes)} distinct shapes"
-        )
-    rng = np.random.default_rng(_hash_seed("subset", params.seed, "train-textured"))
-    chosen = {shapes[i] for i in rng.choice(len(shapes), size=count, replace=False)}
-    orbits = range(params.data.train.real_orbits)
-    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in scans if o.shape_id in chosen for k in orbits]
-
-
-def _planned_real(params: Params, split: str) -> list[MeshObject]:
-    split_params = getattr(params.data, split)
-    if split_params.source != "ycb":
-        return []
-    if split == "val":
-        return [job.obj for job in plan_split(params, "val", ".")]
-    return plan_objects(params, split)
-
-
 def plan_split(params: Params, split: str, out_dir: str | Path, resume: bool = False) -> list[ObjectJob]:
     """The render jobs of one split: ``"train"``, ``"val"`` (for choosing settings) or ``"eval"``."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; have {SPLITS}")
     split_params = getattr(params.data, split)
-    candidates = make_source(split_params.source, params.data).objects()
-    if split == "val" and split_params.source == params.data.eval.source:
-        # validation objects come from the eval source but never from the eval split itself
-        held = {o.object_id for o in plan_objects(params, "eval")}
-        candidates = [o for o in candidates if o.object_id not in held]
-    objects = select_objects(candidates, split_params.max_objects, params.seed, split)
-    if split == "train" and split_params.real_objects:
-        objects += real_training_objects(params)
-    if split == "train":
-        objects += textured_training_objects(params)
-    if split == "eval" and params.data.eval_textured and split_params.source != "libero":
-        trained = {o.shape_id for o in textured_training_objects(params)}
-        objects += [o for o in make_source("libero", params.data).objects() if o.shape_id not in trained]
+    objects = split_objects(params, split)
     settings = params.render_settings
     split_dir = str(Path(out_dir) / split)
     jobs = []

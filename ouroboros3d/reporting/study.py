@@ -25,7 +25,13 @@ STUDY_COLUMNS = {
 def study_tables(results: Path) -> str:
     """The learning study's committed tables (benchmarks/learning_study.py; val split)."""
     parts = []
-    for part, key in (("sampling", "setting"), ("noise", "run"), ("size", "run"), ("mix", "run")):
+    for part, key in (
+        ("sampling", "setting"),
+        ("noise", "run"),
+        ("size", "run"),
+        ("mix", "run"),
+        ("heldout", "objects"),
+    ):
         path = results / "study" / f"{part}.csv"
         if not path.exists():
             parts.append(f"*{part}: not run (`python benchmarks/learning_study.py {part}`)*\n")
