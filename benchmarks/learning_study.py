@@ -511,9 +511,7 @@ def figure() -> None:
             ys = [y + 0.27 * (k - 1) for y in range(len(last))]
             ax.barh(ys, last[column], height=0.27, color="0.6" if k == 0 else f"C{k - 1}", label=label)
         ax.set_yticks(range(len(last)), last.index, fontsize=7)
-        ax.set(
-            title=f"held-out procedural objects ({int(df['step'].max())} steps)", xlabel="PSNR, non-input views (dB)"
-        )
+        ax.set(title=f"held out of training, step {int(df['step'].max())}", xlabel="PSNR, non-input views (dB)")
         ax.set_xlim(left=last[list(bars.values())].min().min() - 1)
         ax.legend(fontsize=6)
     if "sampling" in parts:
