@@ -77,6 +77,7 @@ from ouroboros3d.files import atomic_write_bytes
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 from ouroboros3d.reporting.study import finetune_leads, sampling_leads
 from ouroboros3d.sampling import sample, sample_kwargs
+from ouroboros3d.training.batches import real_objects
 from ouroboros3d.training.loop import train
 from ouroboros3d.training.tracking import read_curves
 from ouroboros3d.training.validation import MIN_MSE, stack_items, validation_scores
@@ -133,7 +134,7 @@ MIX = {
 }
 # the heldout run: procedural objects (of pybullet_data's 1000, all in the published F's training)
 # left out of training, and how many objects of each set it scores
-PROCEDURAL, HELD_OUT, HELD_OUT_SCORED = "random_urdfs-", 100, 20
+HELD_OUT, HELD_OUT_SCORED = 100, 20
 FINETUNE_VARIANTS = {"full": "main", "baseline": "baseline"}  # label -> the train stage's variant
 # where the fine-tunes start: G's publication, and F's first or its continuation (the train stages')
 FIRST_F, CONTINUED_F = Path("models/pretrain/denoiser"), Path("models/pretrain/denoiser_continued")
@@ -186,8 +187,7 @@ def _csv(df: pd.DataFrame, path: Path) -> None:
 def _val(params, data: str):
     """The val split as one batch, and each object's noise seed (as the training's validation)."""
     val = MultiViewDataset.for_split("val", data, params.ccm.normalization)
-    items = [val[i] for i in range(len(val))]
-    return stack_items(items), [object_seed(params.seed, it["object_id"]) for it in items]
+    return _batch(val, val.object_ids, params)
 
 
 def _pretrained_f(params, folder: str):
@@ -231,14 +231,20 @@ def _train_set(data: str, params, orbits: int | None) -> MultiViewDataset:
     if params.data.train.textured_objects:
         data = _textured_data(data, params)
     full = MultiViewDataset.for_split("train", data, params.ccm.normalization)
-    ids = full.object_ids if orbits is None else first_orbits(full.object_ids, orbits)
-    procedural = [i for i in ids if i.startswith(PROCEDURAL)]
-    if len(procedural) > params.data.train.max_objects:  # fewer than rendered: the render stage's subset of them
-        kept = {o.object_id for o in plan_objects(params, "train")}
-        ids = [i for i in ids if i in kept or not i.startswith(PROCEDURAL)]
+    ids = _train_ids(full.object_ids if orbits is None else first_orbits(full.object_ids, orbits), params)
     if ids == full.object_ids:
         return full
     return MultiViewDataset(full.renders_dir, full.ccm_dir, params.ccm.normalization, ids)
+
+
+def _train_ids(object_ids: list[str], params) -> list[str]:
+    """``object_ids`` less the procedural objects a render with ``params``' smaller
+    ``data.train.max_objects`` would not plan (the real scans all stay)."""
+    real = real_objects(object_ids)
+    if real.count(False) <= params.data.train.max_objects:
+        return object_ids
+    kept = {o.object_id for o in plan_objects(params, "train")}
+    return [i for i, is_real in zip(object_ids, real, strict=True) if is_real or i in kept]
 
 
 def heldout_run(params, data: str, steps: int, scored: int) -> pd.DataFrame:
@@ -248,8 +254,9 @@ def heldout_run(params, data: str, steps: int, scored: int) -> pd.DataFrame:
     train = dataclasses.replace(params.data.train, max_objects=params.data.train.max_objects - HELD_OUT)
     run = dataclasses.replace(params, data=dataclasses.replace(params.data, train=train))
     rendered = MultiViewDataset.for_split("train", data, params.ccm.normalization)
-    trained = set(_train_set(data, run, None).object_ids)
-    procedural = [i for i in rendered.object_ids if i.startswith(PROCEDURAL)]
+    trained = set(_train_ids(rendered.object_ids, run))
+    procedural = [i for i, is_real in zip(rendered.object_ids, real_objects(rendered.object_ids), strict=True)
+                  if not is_real]  # fmt: skip
     sets = {  # name -> (batch, seeds)
         "val (YCB)": _val(params, data),
         "held-out procedural": _batch(rendered, [i for i in procedural if i not in trained][:scored], params),
@@ -461,8 +468,8 @@ def figure() -> None:
     free = iter(axes.flat)  # each part below takes the next panel, in the order drawn
     for part in curves:
         ax, df = next(free), parts[part]
+        wrap = functools.partial(textwrap.fill, width=48)  # long run names stay inside the panel
         for run, g in df.groupby("run", sort=False):
-            wrap = functools.partial(textwrap.fill, width=48)  # long run names stay inside the panel
             (line,) = ax.plot(g["step"], g["mv_psnr"], "o-", label=wrap(f"{run}: sampled"))
             ax.plot(g["step"], g["x0_psnr"], "s--", color=line.get_color(), alpha=0.6, label=wrap(f"{run}: 1-step"))
         ax.axhline(df["copy_input_psnr"].iloc[0], color="k", ls="--", lw=1, label="copy input view")

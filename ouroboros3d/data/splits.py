@@ -45,12 +45,20 @@ def hash_seed(*parts) -> int:
 
 def select_objects(objects: list[MeshObject], max_objects: int, seed: int, split: str) -> list[MeshObject]:
     """All objects, or a seeded random subset of ``max_objects`` of them, sorted by id."""
-    objects = sorted(objects, key=lambda o: o.object_id)
-    if len(objects) > max_objects:
-        rng = np.random.default_rng(hash_seed("subset", seed, split))
-        keep = np.sort(rng.choice(len(objects), size=max_objects, replace=False))
-        objects = [objects[i] for i in keep]
-    return objects
+    return _seeded_subset(sorted(objects, key=lambda o: o.object_id), max_objects, seed, split)
+
+
+def _seeded_subset(items: list, count: int, seed: int, name: str) -> list:
+    """All ``items``, or ``count`` of them drawn from (seed, name), in their order."""
+    if len(items) <= count:
+        return items
+    rng = np.random.default_rng(hash_seed("subset", seed, name))
+    return [items[i] for i in np.sort(rng.choice(len(items), size=count, replace=False))]
+
+
+def _along_orbits(objects: list[MeshObject], orbits: int) -> list[MeshObject]:
+    """Each object once per orbit, as ``<id>~orbit<k>``: its own random elevation and azimuth offset."""
+    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in objects for k in range(orbits)]
 
 
 def plan_objects(params: Params, split: str) -> list[MeshObject]:
@@ -100,8 +108,7 @@ def real_training_objects(params: Params) -> list[MeshObject]:
             f"data.train.real_objects: {train.real_objects} asked, but only {len(candidates)} YCB objects "
             "are in neither val nor eval"
         )
-    chosen = select_objects(candidates, train.real_objects, params.seed, "train-real")
-    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in chosen for k in range(train.real_orbits)]
+    return _along_orbits(select_objects(candidates, train.real_objects, params.seed, "train-real"), train.real_orbits)
 
 
 def textured_training_objects(params: Params) -> list[MeshObject]:
@@ -118,10 +125,8 @@ def textured_training_objects(params: Params) -> list[MeshObject]:
         raise DatasetTooSmallError(
             f"data.train.textured_objects: {count} asked, but the libero source has {len(shapes)} distinct shapes"
         )
-    rng = np.random.default_rng(hash_seed("subset", params.seed, "train-textured"))
-    chosen = {shapes[i] for i in rng.choice(len(shapes), size=count, replace=False)}
-    orbits = range(params.data.train.real_orbits)
-    return [replace(o, object_id=f"{o.object_id}{ORBIT_MARK}{k}") for o in scans if o.shape_id in chosen for k in orbits]
+    chosen = set(_seeded_subset(shapes, count, params.seed, "train-textured"))
+    return _along_orbits([o for o in scans if o.shape_id in chosen], params.data.train.real_orbits)
 
 
 def _planned_real(params: Params, split: str) -> list[MeshObject]:
