@@ -211,11 +211,16 @@ def first_orbits(object_ids: list[str], orbits: int) -> list[str]:
     return [o for o in object_ids if ORBIT_MARK not in o or int(o.split(ORBIT_MARK)[1]) < orbits]
 
 
+_PREPARED: set[tuple[str, Path]] = set()  # (source data, folder) made by this process: one per shape count
+
+
 def _textured_data(data: str, params) -> str:
     """A data folder whose train split is the render and ccm stages' with ``params``' textured
     scans (``data.train.textured_objects``): ``data``'s rendered objects hard-linked, the scans
-    rendered, every CCM written."""
+    rendered, every CCM written; once per process (``finetune`` asks for it once per model)."""
     root = OUT / "runs" / f"data_textured_{params.data.train.textured_objects}"
+    if (data, root) in _PREPARED:
+        return str(root)
     renders = root / "renders"
     if not (renders / layout.MANIFEST_FILE).is_file():  # linked whole before the manifest marks it done
         shutil.rmtree(renders, ignore_errors=True)
@@ -223,6 +228,7 @@ def _textured_data(data: str, params) -> str:
         shutil.copy(Path(data) / "renders" / layout.MANIFEST_FILE, renders / layout.MANIFEST_FILE)
     render_dataset(params, renders, splits=("train",), resume=True)  # renders only what is new
     write_ccms(renders, root / "ccm", params.ccm.normalization, ("train",))
+    _PREPARED.add((data, root))
     return str(root)
 
 

@@ -69,6 +69,20 @@ def test_chamfer_and_fscore_by_hand():
     assert out["fscore@0.6"] == pytest.approx(2 / 3)
 
 
+def test_chamfer_equals_brute_force_nearest_distances():
+    # the trees are tuned for speed (sliding midpoint, no compaction); the distances must stay the exact ones,
+    # also for points far off the surface and for duplicates, where a tree's search works hardest
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(400, 3))
+    gt /= np.linalg.norm(gt, axis=1, keepdims=True)
+    pred = np.concatenate([gt[:100] * 1.05, rng.uniform(-4, 4, size=(200, 3)), np.repeat(gt[:1], 50, axis=0)])
+    out = metrics.chamfer_fscore(pred, gt, thresholds=(0.05,))
+    nearest = np.sqrt(((pred[:, None] - gt[None]) ** 2).sum(-1))
+    assert out["cd_pred_to_gt"] == nearest.min(1).mean()
+    assert out["cd_gt_to_pred"] == nearest.min(0).mean()
+    assert out["precision@0.05"] == (nearest.min(1) <= 0.05).mean()
+
+
 def test_chamfer_of_an_empty_reconstruction():
     out = metrics.chamfer_fscore(np.zeros((0, 3)), np.ones((5, 3)), thresholds=(0.05,))
     assert math.isnan(out["cd"]) and out["fscore@0.05"] == 0.0 and out["points"] == 0

@@ -139,7 +139,7 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     _, first = _run(params, tmp_path, "resumed", stop_after=3)
     assert not first["finished"]
     meta = checkpoint_metadata(tmp_path / "resumed" / "ckpt" / "last.safetensors")
-    assert meta["step"] == "2"
+    assert meta["step"] == "2" and float(meta["seconds"]) > 0
     resumed, second = _run(params, tmp_path, "resumed")
     assert second["finished"]
     a, b = _state(straight), _state(resumed)
@@ -160,7 +160,18 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     assert curves["step"].tolist() == list(range(1, 7)) and "loss_mv" in curves
     metrics = json.loads((log / "metrics.json").read_text())
     assert metrics["step"] == 6 and metrics["run"]["finished"] and metrics["run"]["steps"] == 6
-    assert metrics["train"]["loss"] == json.loads((log_straight / "metrics.json").read_text())["train"]["loss"]
+    straight_metrics = json.loads((log_straight / "metrics.json").read_text())
+    assert metrics["train"]["loss"] == straight_metrics["train"]["loss"]
+
+    def keys(d):  # the key order, all the way down: the file's bytes follow it
+        return [(k, keys(v) if isinstance(v, dict) else None) for k, v in d.items()]
+
+    assert keys(metrics) == keys(straight_metrics)
+    # the time counts both invocations: from the checkpoint's steps on, not from 0 again
+    seconds = curves["seconds"].tolist()  # after steps 1, ..., 6
+    assert seconds == sorted(seconds) and seconds[2] > float(meta["seconds"])
+    assert metrics["run"]["seconds"] >= seconds[-1]
+    assert second["seconds"] == pytest.approx(metrics["run"]["seconds"], abs=1)
 
 
 def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, capsys):

@@ -322,14 +322,18 @@ def ground_truth_mesh(object_id: str, source: str, folder: str | None = None):
     return normalize_to_unit_box(obj.load(), obj.up_axis)
 
 
+def _tree(points: np.ndarray):
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points, balanced_tree=False, compact_nodes=False)
+
+
 def chamfer_fscore(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
     """Chamfer distance and F-scores between point sets (N, 3) and (M, 3); see the module docstring.
 
     Returns ``{"cd", "cd_pred_to_gt" (accuracy), "cd_gt_to_pred" (completeness), "fscore@t",
     "precision@t", "recall@t", "points"}``.
     """
-    from scipy.spatial import cKDTree
-
     gt = np.asarray(gt, dtype=np.float64).reshape(-1, 3)
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 3)
     if len(gt) == 0:
@@ -340,8 +344,12 @@ def chamfer_fscore(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]
         for t in thresholds:
             out |= {fscore_key(t): 0.0, f"precision@{t:g}": math.nan, f"recall@{t:g}": 0.0}
         return out
-    d_pred, _ = cKDTree(gt).query(pred, k=1)
-    d_gt, _ = cKDTree(pred).query(gt, k=1)
+    # On the eval's point sets (50,000 mesh points against 50,000 on the ground truth) scipy's
+    # default tree (median splits, compacted) searched 2.1x slower than this one (sliding midpoint),
+    # and the queries use every core: 3.6x in all on 2 cores, 2026-12-05. Nearest distances are
+    # exact whatever the tree, so the metric keeps its bits (tests/test_metrics.py).
+    d_pred, _ = _tree(gt).query(pred, k=1, workers=-1)
+    d_gt, _ = _tree(pred).query(gt, k=1, workers=-1)
     acc, comp = float(d_pred.mean()), float(d_gt.mean())
     out |= {"cd": 0.5 * (acc + comp), "cd_pred_to_gt": acc, "cd_gt_to_pred": comp}
     for t in thresholds:

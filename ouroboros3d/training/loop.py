@@ -135,11 +135,12 @@ def train(
         )
         ema = EMA(model, settings.ema_decay)
         scaler = accelerator.scaler  # fp16 only; None otherwise
-        start = 0
+        start, before = 0, 0.0  # before: the seconds the resumed steps took (the checkpoints of old lack them)
         if last.exists():
             meta = checkpoint_metadata(last)
             if meta.get("fingerprint") == fingerprint:
                 start = load_training_state(last, model, ema, optimizer, accelerator.device, scaler)
+                before = float(meta.get("seconds", 0.0))
                 accelerator.print(f"resuming from {last} at step {start}")
             else:
                 accelerator.print(f"{last} was written with other params: training from scratch")
@@ -158,7 +159,7 @@ def train(
         steps = range(start, end)
         batches = training_batches(dataset, plan, seed, steps, positions, accelerator.device, loader_workers)
         bar = progress_bar(steps, initial=start, total=settings.steps, disable=not progress or rank, desc="train")
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - before  # the logged seconds count the whole run, across resumes
         losses: dict = {}
         model.train()
         try:
@@ -203,8 +204,9 @@ def train(
                     log.log_val(done, scores)
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
                 if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
+                    seconds = time.perf_counter() - t0
                     save_training_state(
-                        last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint, scaler
+                        last, accelerator.unwrap_model(model), ema, optimizer, done, fingerprint, scaler, seconds
                     )
                 if on_step is not None:
                     on_step(done, values)

@@ -69,8 +69,10 @@ def save_training_state(
     step: int,
     fingerprint: str,
     scaler: torch.amp.GradScaler | None = None,
+    seconds: float = 0.0,
 ) -> None:
     """Trainable weights, EMA, AdamW and fp16 loss-scaler state in one safetensors file, replaced atomically.
+    ``seconds`` is the training time of the steps up to ``step`` (a resumed run goes on counting from it).
 
     Frozen parameters are left out (they are rebuilt from their pretrained folders), and
     so is the lr schedule, a function of the step. This rather than accelerate's
@@ -91,6 +93,7 @@ def save_training_state(
                 tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
     metadata = {"step": str(step), "fingerprint": fingerprint, "param_groups": json.dumps(groups)}
     metadata["ema_updates"] = str(ema.updates)
+    metadata["seconds"] = repr(float(seconds))
     if scaler is not None and scaler.is_enabled():
         metadata["grad_scaler"] = json.dumps(scaler.state_dict())
     save_tensors(path, tensors, metadata)

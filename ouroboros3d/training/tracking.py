@@ -58,6 +58,23 @@ def _trim(directory: Path, upto_step: int) -> dict:
     return latest
 
 
+def _previous(directory: Path) -> dict:
+    """The log's ``metrics.json`` as a previous invocation left it ({} if none or unreadable)."""
+    try:
+        return json.loads((Path(directory) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _ordered(values: dict, template: dict) -> dict:
+    """``values`` with its keys (and its sub-dicts') in ``template``'s order, then those ``template`` lacks."""
+    out = {}
+    for k in [k for k in template if k in values] + [k for k in values if k not in template]:
+        v, t = values[k], template.get(k)
+        out[k] = _ordered(v, t) if isinstance(v, dict) and isinstance(t, dict) else v
+    return out
+
+
 @functools.cache
 def _live_class():
     from dvclive import Live
@@ -98,11 +115,12 @@ class RunLog:
         if self._live is None and self.enabled and not self._closed:
             self.directory.mkdir(parents=True, exist_ok=True)
             resume = self.resume_step > 0
+            previous = _previous(self.directory) if resume else {}
             latest = _trim(self.directory, self.resume_step) if resume else {}
             # no dvc.yaml of its own (dvc.yaml declares these files), no experiment saved, no report
             live = _live_class()(str(self.directory), resume=resume, report=None, save_dvc_exp=False, dvcyaml=False)
-            if resume:
-                live.summary = latest | {"step": self.resume_step}
+            if resume:  # keys in the order of the previous invocation's metrics.json, as an uninterrupted run's
+                live.summary = _ordered(latest | {"step": self.resume_step}, previous)
                 live.step = self.resume_step
             if self._params:
                 live.log_params(self._params)
