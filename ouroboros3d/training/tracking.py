@@ -58,14 +58,6 @@ def _trim(directory: Path, upto_step: int) -> dict:
     return latest
 
 
-def _previous(directory: Path) -> dict:
-    """The log's ``metrics.json`` as a previous invocation left it ({} if none or unreadable)."""
-    try:
-        return json.loads((Path(directory) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def _ordered(values: dict, template: dict) -> dict:
     """``values`` with its keys (and its sub-dicts') in ``template``'s order, then those ``template`` lacks."""
     out = {}
@@ -115,7 +107,7 @@ class RunLog:
         if self._live is None and self.enabled and not self._closed:
             self.directory.mkdir(parents=True, exist_ok=True)
             resume = self.resume_step > 0
-            previous = _previous(self.directory) if resume else {}
+            previous = read_metrics(self.directory) if resume else {}  # for its key order
             latest = _trim(self.directory, self.resume_step) if resume else {}
             # no dvc.yaml of its own (dvc.yaml declares these files), no experiment saved, no report
             live = _live_class()(str(self.directory), resume=resume, report=None, save_dvc_exp=False, dvcyaml=False)
