@@ -46,6 +46,27 @@ def test_a_resumed_log_drops_the_rows_after_its_checkpoint_and_logs_each_step_on
     ]
 
 
+def test_a_resume_keeps_the_key_order_and_survives_a_metrics_file_cut_short(tmp_path):
+    log = RunLog(tmp_path / "log")
+    for step in (1, 2, 3):
+        log.log_step(step, {"loss": 1.0 / step, "lr": 0.1})  # "loss" before "lr": not the files' sorted order
+    log.close(steps=3)
+    order = list(json.loads((tmp_path / "log" / "metrics.json").read_text())["train"])
+    log = RunLog(tmp_path / "log", resume_step=2)
+    log.log_step(3, {"loss": 1.0 / 3, "lr": 0.1})
+    log.close(steps=3)
+    assert list(json.loads((tmp_path / "log" / "metrics.json").read_text())["train"]) == order
+
+    # killed while dvclive wrote metrics.json: the resume goes on, its values from the curves
+    path = tmp_path / "log" / "metrics.json"
+    path.write_text(path.read_text()[:20])
+    log = RunLog(tmp_path / "log", resume_step=2)
+    log.log_step(3, {"loss": 1.0 / 3, "lr": 0.1})
+    log.close(steps=3)
+    assert read_metrics(tmp_path / "log")["train"] == {"loss": 1 / 3, "lr": 0.1}
+    assert read_curves(tmp_path / "log")["step"].tolist() == [1, 2, 3]
+
+
 def test_a_new_run_starts_a_new_log_and_other_ranks_log_nothing(tmp_path):
     log = RunLog(tmp_path / "log")
     log.log_step(1, {"loss": 1.0})

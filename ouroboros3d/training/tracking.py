@@ -107,7 +107,11 @@ class RunLog:
         if self._live is None and self.enabled and not self._closed:
             self.directory.mkdir(parents=True, exist_ok=True)
             resume = self.resume_step > 0
-            previous = read_metrics(self.directory) if resume else {}  # for its key order
+            try:  # the previous invocation's metrics.json, for its key order
+                previous = read_metrics(self.directory) if resume else {}
+            except ValueError:  # cut short by a kill while dvclive wrote it, and dvclive's resume would
+                previous = {}  # fail on it: its values come back from the curves, only the order is lost
+                (self.directory / "metrics.json").unlink()
             latest = _trim(self.directory, self.resume_step) if resume else {}
             # no dvc.yaml of its own (dvc.yaml declares these files), no experiment saved, no report
             live = _live_class()(str(self.directory), resume=resume, report=None, save_dvc_exp=False, dvcyaml=False)
