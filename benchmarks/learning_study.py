@@ -8,6 +8,7 @@
     python benchmarks/learning_study.py sampling [--model models/pretrain/denoiser]
     python benchmarks/learning_study.py sampling-finetuned [--runs churn]  # Table 2's full and baseline
     python benchmarks/learning_study.py mean     [--model models/pretrain/denoiser] [--draws 4]
+    python benchmarks/learning_study.py compare  --models A B [C ...]  # F of model folders, paired against A
     python benchmarks/learning_study.py figure   # results/study/*.csv -> paper/figures/study.png
 
 Every number is on the validation split (objects neither trained on nor evaluated), through
@@ -21,6 +22,9 @@ settings, changing one thing; ``sampling`` sweeps guidance and sampler on fixed 
 ``mean`` asks where the 1-step sample loses to copy-input: per object, in PSNR and in MSE,
 one noise draw against the average of ``--draws`` draws (each D(σ_max · noise) estimates the
 same conditional mean, so their spread is F's sensitivity to noise it should ignore).
+``compare`` scores F of each ``--models`` folder per val object as the training's validation
+does (1-step and sampled with the params' sampler, G out of the loop) and prints each one's
+means and its paired lead over the first folder (95% t-interval); it writes no file.
 ``noise --runs`` re-runs only the named runs (a word of their label) and keeps the others' rows.
 ``mix`` changes one data-mix lever per run against the params' own mix, run beside them (the
 textured scans: rendered into ``results/study/runs``, the rest of the split hard-linked): each
@@ -72,7 +76,7 @@ from ouroboros3d.data.render_stage import render_dataset
 from ouroboros3d.data.splits import ORBIT_MARK, plan_objects
 from ouroboros3d.diffusion import edm
 from ouroboros3d.evaluation.evaluate import Evaluator, evaluate_objects
-from ouroboros3d.evaluation.metrics import Unavailable, object_seed, psnr
+from ouroboros3d.evaluation.metrics import Unavailable, mean_ci, object_seed, psnr
 from ouroboros3d.files import atomic_write_bytes
 from ouroboros3d.inference.pipeline import Ouroboros3DPipeline
 from ouroboros3d.reporting.study import finetune_leads, sampling_leads
@@ -456,6 +460,26 @@ def conditional_mean(model, val, params, draws: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compare_models(params, data: str, folders: list[str]) -> pd.DataFrame:
+    """F of each model folder on every val object, scored as the training's validation scores it
+    (``x0_psnr``: the 1-step sample; ``mv_psnr``: sampled with the params' sampler; G out of the
+    loop): one row per folder and object."""
+    batch, seeds = _val(params, data)
+    kw = sample_kwargs(params.sample) | {"reconstruct": "none", "seeds": seeds}
+    target = batch["views"][:, 1:]
+    rows = []
+    for folder in folders:
+        model = _pretrained_f(params, folder).eval()
+        args = (model, batch["input_view"], batch["K"], batch["c2w"])
+        with torch.no_grad():
+            x0 = sample(*args, **kw | {"steps": 1, "guidance": (1.0, 1.0)}).views[:, 1:]
+            views = sample(*args, **kw).views[:, 1:]
+        scores = {k: psnr(v, target, min_mse=MIN_MSE).mean(1) for k, v in (("x0_psnr", x0), ("mv_psnr", views))}
+        for i in range(len(seeds)):
+            rows.append({"model": folder, "object": i} | {k: v[i].item() for k, v in scores.items()})
+    return pd.DataFrame(rows)
+
+
 def figure() -> None:
     import matplotlib
 
@@ -546,8 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "part",
-        choices=("noise", "size", "mix", "heldout", "finetune", "sampling", "sampling-finetuned", "mean", "figure"),
-    )
+        choices=(
+            "noise", "size", "mix", "heldout", "finetune", "sampling", "sampling-finetuned", "mean", "compare", "figure"
+        ),
+    )  # fmt: skip
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data")
     parser.add_argument(
@@ -563,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="models/pretrain/denoiser", help="sampling, mean: the weights")
     parser.add_argument("--draws", type=int, default=4, help="mean: 1-step samples averaged per object")
+    parser.add_argument("--models", nargs="+", default=[], help="compare: model folders, the first the reference")
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be >= 1, got {args.draws}")  # one line, exit 2
@@ -611,6 +638,19 @@ def main(argv: list[str] | None = None) -> int:
         df = finetuned_sampling(params, args.data, _runs(parser, labels, args.runs))
         _keep_others(df, OUT / "sampling_finetuned.csv", labels, column="setting")
         print(sampling_leads(pd.read_csv(OUT / "sampling_finetuned.csv")).to_string(index=False, float_format="%.3f"))
+    elif args.part == "compare":
+        if len(args.models) < 2:
+            parser.error("compare needs --models with at least two folders")  # one line, exit 2
+        df = compare_models(params, args.data, args.models)
+        reference = df[df["model"] == args.models[0]].set_index("object")
+        for folder, g in df.groupby("model", sort=False):
+            line = [f"{folder}:"]
+            for column in ("x0_psnr", "mv_psnr"):
+                line.append(f"{column} {g[column].mean():.2f}")
+                if folder != args.models[0]:
+                    lead = mean_ci(g.set_index("object")[column] - reference[column])
+                    line.append(f"({lead['mean']:+.2f} [{lead['ci_low']:+.2f}, {lead['ci_high']:+.2f}])")
+            print(" ".join(line))
     elif args.part == "mean":
         model = _pretrained_f(params, args.model)
         df = conditional_mean(model.eval(), _val(params, args.data), params, args.draws)

@@ -283,3 +283,42 @@ def test_the_heldout_run_never_trains_on_the_objects_it_scores_as_held_out(tmp_p
     assert rows[["x0_psnr", "mv_psnr", "copy_input_psnr"]].notna().all().all()
     # the held-out and the trained objects are different objects: so are their copy-input scores
     assert rows["copy_input_psnr"].nunique() == 3
+
+
+def test_compare_scores_each_folder_per_val_object_and_its_paired_lead(tmp_path, monkeypatch, capsys):
+    """``compare`` scores F as the training's validation does (its means equal validation_scores'),
+    per object; a folder against itself leads by exactly 0, another F by something else."""
+    from ouroboros3d.training.validation import validation_scores
+
+    torch.set_num_threads(1)
+    raw = tiny_raw(data={"workers": 1}, sample={"steps": 2})
+    params = params_from_dict(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    render_dataset(params, tmp_path / "data" / "renders", splits=("val",), progress=False)
+    plain = dataclasses.replace(params, feedback=False)  # saved as F's publications are: no feedback networks
+    torch.manual_seed(0)
+    model = build_model(plain)
+    Ouroboros3DPipeline.from_model(model, plain).save_pretrained(tmp_path / "f0")
+    shutil.copytree(tmp_path / "f0", tmp_path / "f0_copy")
+    with torch.no_grad():  # another F: the untrained one's outputs barely depend on its weights
+        for p in model.denoiser.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    Ouroboros3DPipeline.from_model(model, plain).save_pretrained(tmp_path / "f1")
+    study = load_study()
+    folders = [str(tmp_path / name) for name in ("f0", "f0_copy", "f1")]
+    df = study.compare_models(params, str(tmp_path / "data"), folders[::2])
+    val = study._val(params, str(tmp_path / "data"))
+    expected = validation_scores(study._pretrained_f(params, folders[0]), *val, study.sample_kwargs(params.sample))
+    first = df[df["model"] == folders[0]]
+    assert len(first) == len(val[1]) > 1
+    assert first["x0_psnr"].mean() == pytest.approx(expected["x0_psnr"], abs=1e-5)
+    assert first["mv_psnr"].mean() == pytest.approx(expected["mv_psnr"], abs=1e-5)
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert study.main(["compare", "--data", "data", "--models", *folders]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "(+0.00 [+0.00, +0.00])" in lines[1] and "(+0.00 [+0.00, +0.00])" not in lines[2]
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["compare", "--models", folders[0]])
+    assert exit_info.value.code == 2 and "at least two" in capsys.readouterr().err
